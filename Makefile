@@ -1,0 +1,29 @@
+# Set-up is one idempotent step: .venv/ with the versions in requirements.lock.
+# `make demo` and `make test` run it first, so each is one command on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONHASHSEED := 0
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+# The main job. Until training lands: the summary of every recipe on both engines.
+demo: setup
+	@for recipe in mnv3_small mnv3_large mnv1 shufflenet_v1; do \
+	  for backend in jax mindspore; do \
+	    $(PY) main.py --config=configs/$$recipe.py --backend=$$backend --mode=summary || exit 1; \
+	  done; \
+	done
+
+test: setup
+	$(PY) -m pytest -q tests

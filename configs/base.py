@@ -1,0 +1,64 @@
+"""Defaults every recipe starts from; a recipe overrides what its seed specifies.
+
+The schema is shared by both engines. Fields whose value is None by default are typed
+placeholders, so `--config.x.y=value` overrides are still type-checked.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mobilenet_v3_small"  # mobilenet_v1 | mobilenet_v3_small | mobilenet_v3_large | shufflenet_v1
+    config.model.width = 1.0
+    config.model.groups = config_dict.placeholder(int)  # ShuffleNetV1 only: 1, 2, 3, 4 or 8
+    config.model.num_classes = 1000
+    config.model.dropout = 0.2  # before the classifier
+    config.model.bn_eps = 1e-5  # timm and MindSpore default; TF-slim / Keras weights use 1e-3
+    config.model.bn_decay = 0.9  # running-average decay (PyTorch momentum 0.1, MindSpore momentum 0.9)
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "imagenet2012"  # a TFDS name, "folder" or "digits" (embedded)
+    config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data_dir
+    config.dataset.path = config_dict.placeholder(str)  # root of train/<class>/ and validation/<class>/
+    config.dataset.image_size = 224
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 256  # global batch, split over all devices
+    config.train.epochs = 100
+    config.train.seed = 0
+    config.train.dtype = "float32"  # float32 | bfloat16 | float16 (compute dtype; weights stay float32)
+    config.train.log_every_steps = 50
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "momentum"  # momentum | rmsprop | adamw
+    config.optimizer.learning_rate = 0.1  # peak learning rate of the schedule
+    config.optimizer.momentum = 0.9
+    config.optimizer.decay = 0.9  # RMSProp second-moment decay
+    config.optimizer.eps = 1e-8
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.decay_bn_and_bias = True  # False: no weight decay on BatchNorm and bias parameters
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "cosine"  # cosine | linear | poly | exponential | constant
+    config.schedule.warmup_epochs = 0.0
+    config.schedule.init_lr = 0.0  # learning rate at step 0 of the warm-up
+    config.schedule.end_lr = 0.0  # learning rate at the end of training (cosine, linear, poly)
+    config.schedule.decay_epochs = 2.4  # exponential: decay every this many epochs
+    config.schedule.decay_rate = 0.97  # exponential: multiply by this each decay_epochs
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.label_smoothing = 0.0
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_epochs = 1
+    config.checkpoint.keep = 5
+
+    config.mixed_precision = ml_collections.ConfigDict()
+    config.mixed_precision.level = "O0"  # MindSpore AMP level: O0 | O1 | O2 | O3
+    config.mixed_precision.loss_scale = 1.0  # fixed loss scale; 0 means dynamic
+
+    return config

@@ -1,0 +1,82 @@
+"""mobilenets command line: one recipe, two engines.
+
+    python main.py --config=configs/mnv3_small.py --workdir=DIR [--backend=jax|mindspore] [--mode=summary]
+
+`--config.section.key=value` overrides any field of the recipe (unknown keys are rejected).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mobilenets_core import config_check, specs
+
+MODES = ("summary",)
+BACKENDS = ("jax", "mindspore")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/mnv3_small.py[:variant].",
+                                          lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.DEFINE_enum("backend", "jax", BACKENDS, "Engine that runs the recipe.")
+flags.DEFINE_enum("mode", "summary", MODES, "What to do.")
+flags.mark_flag_as_required("config")
+FLAGS = flags.FLAGS
+
+
+def load_recipe(config_arg: str):
+    """The recipe's config without overrides ('configs/mnv1.py:cifar10' passes 'cifar10')."""
+    path, _, arg = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location("recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_flags(argv):
+    """absl parsing, with config mistakes reported in one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        overrides = [m.group(1) for a in argv for m in [re.match(r"--config\.([\w.]+)", a)] if m]
+        config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        message = None
+        if config_arg:
+            recipe = load_recipe(config_arg)
+            for key in overrides:
+                message = message or config_check.unknown_key_message(recipe, key)
+        sys.exit(f"error: {message or e}")
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+
+
+def engine(backend: str):
+    return importlib.import_module({"jax": "mobilenets_jax", "mindspore": "mobilenets_ms"}[backend])
+
+
+def summary(config, backend: str) -> dict:
+    arch = specs.architecture_from_config(config.model)
+    size = config.dataset.image_size
+    return {"model": arch.name, "width": arch.width, "groups": arch.groups, "backend": backend,
+            "params": engine(backend).count_parameters(config), "macs": specs.count_macs(arch, size),
+            "input_shape": [1, size, size, 3]}
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    try:
+        config_check.check(config)
+    except config_check.ConfigError as e:
+        sys.exit(f"error: {e}")
+    if FLAGS.mode == "summary":
+        print(json.dumps(summary(config, FLAGS.backend)))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

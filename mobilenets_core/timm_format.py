@@ -1,0 +1,106 @@
+"""timm state dicts <-> canonical weights (a spoke of the hub in mobilenets_core.weights).
+
+Covers timm's `mobilenetv1_*` and `mobilenetv3_{small,large}_*` (EfficientNet-builder models,
+symmetric padding, BatchNorm eps 1e-5). timm groups blocks into stages, `blocks.<stage>.<i>`;
+the stage of each block is recorded in the architecture. The `tf_*` variants use TF "SAME"
+padding and eps 1e-3 and are not the same network; they are not supported.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mobilenets_core import specs
+
+TIMM_BN_EPS = 1e-5
+_BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+# Part of a block -> (timm conv name, timm BatchNorm name).
+_DS_PARTS = {"dw": ("conv_dw", "bn1"), "pw": ("conv_pw", "bn2")}
+_IR_PARTS = {"expand": ("conv_pw", "bn1"), "dw": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3")}
+
+
+def name_map(arch: specs.Architecture) -> dict:
+    """canonical name -> timm state-dict key, for every canonical tensor of `arch`."""
+    if arch.name == "shufflenet_v1":
+        raise ValueError("timm has no ShuffleNetV1; its weights come from the canonical format or MindSpore")
+    prefixes = {"stem": ("conv_stem", "bn1")}  # canonical layer prefix -> (timm conv, timm bn)
+    se_prefixes = {}
+    index_in_stage, last_stage = {}, -1
+    for block in arch.blocks:
+        if isinstance(block, (specs.DepthwiseSeparable, specs.InvertedResidual)):
+            j = index_in_stage.get(block.stage, 0)
+            index_in_stage[block.stage] = j + 1
+            last_stage = max(last_stage, block.stage)
+            timm_block = f"blocks.{block.stage}.{j}"
+            parts = _DS_PARTS if isinstance(block, specs.DepthwiseSeparable) else _IR_PARTS
+            for part, (conv, bn) in parts.items():
+                prefixes[f"{block.name}.{part}"] = (f"{timm_block}.{conv}", f"{timm_block}.{bn}")
+            if block.se:
+                se_prefixes[block.se.name] = f"{timm_block}.se"
+        elif block.name == "final":  # MobileNetV3's last 1x1 ConvBnAct is timm's last stage
+            timm_block = f"blocks.{last_stage + 1}.0"
+            prefixes["final"] = (f"{timm_block}.conv", f"{timm_block}.bn1")
+
+    mapping = {}
+    for name in specs.canonical_shapes(arch):
+        head, leaf = name.rsplit(".", 1)
+        if name.startswith("head.conv."):
+            mapping[name] = f"conv_head.{leaf}"
+        elif name.startswith("classifier."):
+            mapping[name] = name
+        elif ".se." in f".{head}." and head.rsplit(".", 1)[0] in se_prefixes:
+            se_name, conv = head.rsplit(".", 1)
+            mapping[name] = f"{se_prefixes[se_name]}.conv_{conv}.{leaf}"
+        else:
+            layer, kind = head.rsplit(".", 1)  # kind: conv | bn
+            conv_key, bn_key = prefixes[layer]
+            mapping[name] = f"{conv_key}.weight" if kind == "conv" else f"{bn_key}.{_BN[leaf]}"
+    return mapping
+
+
+def from_timm(timm_state: dict, arch: specs.Architecture) -> dict:
+    """timm state dict (name -> array) -> canonical state; ValueError lists what does not fit."""
+    from mobilenets_core.weights import check_state
+
+    mapping = name_map(arch)
+    state, missing = {}, []
+    for name, key in mapping.items():
+        if key in timm_state:
+            state[name] = np.asarray(timm_state[key], dtype=np.float32)
+        else:
+            missing.append(key)
+    used = set(mapping.values())
+    unexpected = [k for k in timm_state if k not in used and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"timm weights do not fit {arch.name} width={arch.width} "
+                         f"num_classes={arch.head.num_classes}: missing {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                         f"{' ...' if len(unexpected) > 8 else ''}")
+    check_state(state, arch, source="timm weights")
+    return state
+
+
+def to_timm(state: dict, arch: specs.Architecture) -> dict:
+    """Canonical state -> timm state dict (float32 arrays, timm's key names)."""
+    return {key: np.asarray(state[name], dtype=np.float32) for name, key in name_map(arch).items()}
+
+
+def read_state_dict(path: str) -> dict:
+    """A timm checkpoint file as name -> ndarray: .safetensors always, .pth/.pt/.bin when torch is installed."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return load_file(path)
+    if path.endswith((".pth", ".pt", ".bin")):
+        try:
+            import torch
+        except ImportError as e:
+            raise ValueError(f"{path} is a PyTorch pickle; install torch to read it, or convert it to "
+                             f".safetensors first") from e
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+        return {k: v.detach().cpu().numpy() for k, v in loaded.items()}
+    raise ValueError(f"{path}: unknown weight file type; expected .safetensors, .pth, .pt or .bin")

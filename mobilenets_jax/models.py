@@ -1,0 +1,138 @@
+"""Flax linen networks built by walking a `mobilenets_core.specs.Architecture`.
+
+Nothing here knows a block table: every channel count, kernel, stride and activation comes from
+the architecture, so this file is the same for all four families. Module names follow the
+canonical weight names (`blocks.3.dw` lives at params['blocks_3']['dw']), which keeps the
+converter in `mobilenets_jax.weights` a plain rename plus kernel transposes.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mobilenets_core import specs
+
+
+def module_name(canonical: str) -> str:
+    """Last component of a canonical prefix as a Flax module name: 'blocks.3' -> 'blocks_3'."""
+    return re.sub(r"\.(\d+)$", r"_\1", canonical).split(".")[-1]
+
+
+def activation(name: str | None):
+    return {"relu": nn.relu, "relu6": nn.relu6, "hard_swish": nn.hard_swish, None: lambda x: x}[name]
+
+
+def pad(kernel: int):
+    return ((kernel // 2, kernel // 2),) * 2
+
+
+class ConvBN(nn.Module):
+    layer: specs.ConvBN
+    bn_eps: float
+    bn_decay: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        layer = self.layer
+        x = nn.Conv(layer.out_ch, (layer.kernel, layer.kernel), (layer.stride, layer.stride),
+                    padding=pad(layer.kernel), feature_group_count=layer.groups, use_bias=False,
+                    dtype=self.dtype, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_decay, epsilon=self.bn_eps,
+                         dtype=self.dtype, name="bn")(x)
+        return activation(layer.act)(x)
+
+
+class SqueezeExcite(nn.Module):
+    layer: specs.SqueezeExcite
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = nn.relu(nn.Conv(self.layer.reduced, (1, 1), dtype=self.dtype, name="reduce")(s))
+        s = nn.Conv(self.layer.channels, (1, 1), dtype=self.dtype, name="expand")(s)
+        return x * nn.hard_sigmoid(s)
+
+
+def channel_shuffle(x, groups: int):
+    """NHWC form of MegVII's NCHW reshape (C // g, g) -> transpose -> flatten."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h, w, c // groups, groups).swapaxes(3, 4).reshape(n, h, w, c)
+
+
+class Block(nn.Module):
+    """A composite block (depthwise-separable, inverted residual, shuffle unit): its parts in
+    order, then its residual or shortcut rule."""
+
+    block: Any
+    bn_eps: float
+    bn_decay: float
+    dtype: Any = jnp.float32
+
+    def part(self, layer):
+        if isinstance(layer, specs.SqueezeExcite):
+            return SqueezeExcite(layer, self.dtype, name=module_name(layer.name))
+        return ConvBN(layer, self.bn_eps, self.bn_decay, self.dtype, name=module_name(layer.name))
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        block = self.block
+        y = x
+        for i, layer in enumerate(block.parts()):
+            y = self.part(layer)(y, train)
+            if isinstance(block, specs.ShuffleUnit) and i == 0 and block.groups > 1:
+                y = channel_shuffle(y, block.groups)
+        if isinstance(block, specs.ShuffleUnit):
+            if block.stride == 1:
+                return nn.relu(x + y)
+            shortcut = nn.avg_pool(x, (3, 3), (2, 2), padding="SAME", count_include_pad=False)
+            return nn.relu(jnp.concatenate([shortcut, y], axis=-1))
+        return x + y if block.residual else y
+
+
+class Network(nn.Module):
+    """NHWC images in, float32 logits out."""
+
+    arch: specs.Architecture
+    dropout: float = 0.0
+    bn_eps: float = 1e-5
+    bn_decay: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.astype(self.dtype)
+        for block in self.arch.blocks:
+            name = module_name(block.name)
+            if isinstance(block, specs.MaxPool):
+                x = nn.max_pool(x, (block.kernel,) * 2, (block.stride,) * 2, padding="SAME")
+            elif isinstance(block, specs.ConvBN):
+                x = ConvBN(block, self.bn_eps, self.bn_decay, self.dtype, name=name)(x, train)
+            else:
+                x = Block(block, self.bn_eps, self.bn_decay, self.dtype, name=name)(x, train)
+        x = jnp.mean(x, axis=(1, 2), keepdims=True)
+        head = self.arch.head
+        if head.hidden:
+            x = nn.Conv(head.hidden, (1, 1), dtype=self.dtype, name="head_conv")(x)
+            x = activation(head.hidden_act)(x)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dense(head.num_classes, use_bias=head.classifier_bias, dtype=self.dtype, name="classifier")(x)
+        return x.astype(jnp.float32)
+
+
+def build_network(model_cfg, dtype=jnp.float32, bn_eps: float | None = None) -> Network:
+    """The Network for a config's `model` section (bn_eps may be overridden by a weight file)."""
+    arch = specs.architecture_from_config(model_cfg)
+    eps = model_cfg.bn_eps if bn_eps is None else bn_eps
+    return Network(arch, float(model_cfg.dropout), float(eps), float(model_cfg.bn_decay), dtype)
+
+
+def init_variables(network: Network, seed: int = 0, image_size: int = 224):
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return jax.jit(lambda rng: network.init(rng, dummy, train=False))(jax.random.key(seed))

@@ -1,0 +1,37 @@
+"""Small shared helpers for the tests."""
+import numpy as np
+
+from configs import base
+from mobilenets_core import specs
+
+
+def model_config(name="mobilenet_v3_small", width=1.0, groups=None, num_classes=10, **model_fields):
+    config = base.get_config()
+    config.model.name, config.model.width, config.model.groups = name, width, groups
+    config.model.num_classes = num_classes
+    for key, value in model_fields.items():
+        config.model[key] = value
+    return config
+
+
+def random_canonical_state(arch: specs.Architecture, seed: int = 0) -> dict:
+    """Random weights in canonical layout with non-trivial BatchNorm statistics."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, (shape, _) in specs.canonical_shapes(arch).items():
+        if name.endswith(".var"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif name.endswith(".mean") or name.endswith(".bias"):
+            value = rng.normal(0.0, 0.1, shape)
+        elif name.endswith(".scale"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.normal(0.0, (0.2 if name.startswith("classifier") else 1.0) * np.sqrt(2.0 / fan_in), shape)
+        state[name] = value.astype(np.float32)
+    return state
+
+
+# One small-ish variant per family, with the features each family exercises.
+FAMILIES = [("mobilenet_v1", 0.25, None), ("mobilenet_v3_small", 0.75, None),
+            ("mobilenet_v3_large", 0.75, None), ("shufflenet_v1", 0.5, 3), ("shufflenet_v1", 0.5, 8)]
