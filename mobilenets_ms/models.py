@@ -1,0 +1,292 @@
+"""MindSpore networks built by walking a `mobilenets_core.specs.Architecture`.
+
+Nothing here knows a block table: channels, kernels, strides and activations all come from the
+architecture, so this file is the same for all four families. Cell attributes follow the
+canonical weight names (`blocks.3.dw` lives at `net.blocks[3].dw`, with `.conv` and `.bn`), so
+`mobilenets_ms.weights` is a plain rename of the BatchNorm parameters.
+
+Every Cell's structure is fixed when it is built (flags are Python constants, absent layers are
+`nn.Identity`), so the same code runs in PyNative and in graph mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from mobilenets_core import specs
+
+# Flax's default kernel init (lecun_normal: variance 1 / fan_in, normal truncated at +-2 sigma),
+# so both engines start from the same distribution. 0.8796... is the std of a unit normal
+# truncated to [-2, 2]; dividing by it restores the intended variance.
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+_numpy_bridge_primed = False
+
+
+def prime_numpy_bridge() -> None:
+    """Absorb MindSpore's one-time NumPy C-API failure.
+
+    MindSpore 2.10's libmindspore_common is built against the NumPy 1.x C API. Under NumPy 2
+    (which JAX needs in the shared environment) the first PyNative op taking a tuple argument
+    (transpose, reshape, reduce) raises ImportError / SystemError once, while importing
+    `numpy.core.multiarray`; every later op works. Run one such op here so users never see it."""
+    global _numpy_bridge_primed
+    if _numpy_bridge_primed:
+        return
+    _numpy_bridge_primed = True
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            ops.reshape(ms.Tensor(np.zeros((1, 1), np.float32)), (1,))
+    except (ImportError, SystemError) as e:
+        if not (isinstance(e, ImportError) or isinstance(e.__cause__, ImportError)):
+            raise
+
+
+def _lecun_normal(rng: np.random.Generator, shape: tuple, fan_in: int) -> ms.Tensor:
+    sample = rng.standard_normal(shape)
+    outside = np.abs(sample) > 2.0
+    while outside.any():
+        sample[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(sample) > 2.0
+    std = math.sqrt(1.0 / fan_in) / _TRUNCATED_NORMAL_STD
+    return ms.Tensor((sample * std).astype(np.float32))
+
+
+class HardSigmoid(nn.Cell):
+    """relu6(x + 3) / 6 (not Keras-2's 0.2x + 0.5)."""
+
+    def construct(self, x):
+        return ops.relu6(x + 3.0) / 6.0
+
+
+class HardSwish(nn.Cell):
+    """x * relu6(x + 3) / 6."""
+
+    def construct(self, x):
+        return x * (ops.relu6(x + 3.0) / 6.0)
+
+
+def activation(name: str | None) -> nn.Cell:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "relu6":
+        return nn.ReLU6()
+    if name == "hard_swish":
+        return HardSwish()
+    if name is None:
+        return nn.Identity()
+    raise ValueError(f"activation {name!r} is not known; choose one of {specs.ACTIVATIONS}")
+
+
+def conv2d(rng, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
+           bias: bool = False) -> nn.Conv2d:
+    """Conv padded symmetrically by kernel // 2 (PyTorch / timm), weight OIHW."""
+    weight = _lecun_normal(rng, (out_ch, in_ch // groups, kernel, kernel), in_ch // groups * kernel * kernel)
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, pad_mode="pad", padding=kernel // 2, group=groups,
+                     has_bias=bias, weight_init=weight, bias_init="zeros" if bias else None)
+
+
+class ConvBN(nn.Cell):
+    """conv (no bias) -> BatchNorm -> activation; `spec` is a specs.ConvBN."""
+
+    def __init__(self, spec: specs.ConvBN, bn_eps: float, bn_decay: float, rng):
+        super().__init__()
+        self.conv = conv2d(rng, spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.groups)
+        # MindSpore's momentum is the running-average decay: running = momentum * running + (1 - momentum) * batch.
+        self.bn = nn.BatchNorm2d(spec.out_ch, eps=bn_eps, momentum=bn_decay)
+        self.act = activation(spec.act)
+
+    def construct(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcite(nn.Cell):
+    """mean over H, W -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid, times the input."""
+
+    def __init__(self, spec: specs.SqueezeExcite, rng):
+        super().__init__()
+        self.reduce = conv2d(rng, spec.channels, spec.reduced, 1, bias=True)
+        self.expand = conv2d(rng, spec.reduced, spec.channels, 1, bias=True)
+        self.relu = nn.ReLU()
+        self.gate = HardSigmoid()
+        self.pool = ops.ReduceMean(keep_dims=True)
+
+    def construct(self, x):
+        s = self.pool(x, (2, 3))
+        s = self.expand(self.relu(self.reduce(s)))
+        return x * self.gate(s)
+
+
+def part_name(layer) -> str:
+    """Attribute name of a block's part: 'blocks.3.dw' -> 'dw'."""
+    return layer.name.rsplit(".", 1)[-1]
+
+
+def build_part(layer, bn_eps: float, bn_decay: float, rng) -> nn.Cell:
+    if isinstance(layer, specs.ConvBN):
+        return ConvBN(layer, bn_eps, bn_decay, rng)
+    if isinstance(layer, specs.SqueezeExcite):
+        return SqueezeExcite(layer, rng)
+    raise TypeError(f"{layer.name}: a block part must be ConvBN or SqueezeExcite, got {type(layer).__name__}")
+
+
+class SequentialBlock(nn.Cell):
+    """DepthwiseSeparable / InvertedResidual: the block's parts in order, plus the input if residual."""
+
+    def __init__(self, block, bn_eps: float, bn_decay: float, rng):
+        super().__init__()
+        for layer in block.parts():
+            setattr(self, part_name(layer), build_part(layer, bn_eps, bn_decay, rng))
+        self.layers = [getattr(self, part_name(layer)) for layer in block.parts()]
+        self.residual = bool(block.residual)
+
+    def construct(self, x):
+        y = x
+        for layer in self.layers:
+            y = layer(y)
+        if self.residual:
+            y = y + x
+        return y
+
+
+def channel_shuffle(x, groups: int):
+    """MegVII / mindcv order: (N, C/g, g, H, W) -> swap the two channel axes -> (N, C, H, W)."""
+    n, c, h, w = x.shape
+    x = ops.reshape(x, (n, c // groups, groups, h, w))
+    x = ops.transpose(x, (0, 2, 1, 3, 4))
+    return ops.reshape(x, (n, c, h, w))
+
+
+class ShuffleUnit(nn.Cell):
+    """reduce -> channel shuffle -> dw -> expand. Stride 1: ReLU(x + main);
+    stride 2: ReLU(concat(avgpool3x3s2(x), main)) over channels (see specs.ShuffleUnit)."""
+
+    def __init__(self, block: specs.ShuffleUnit, bn_eps: float, bn_decay: float, rng):
+        super().__init__()
+        reduce, dw, expand = block.parts()
+        self.reduce = build_part(reduce, bn_eps, bn_decay, rng)
+        self.dw = build_part(dw, bn_eps, bn_decay, rng)
+        self.expand = build_part(expand, bn_eps, bn_decay, rng)
+        self.groups = int(block.groups)
+        self.shuffle = block.groups > 1
+        self.downsample = block.stride == 2
+        self.relu = nn.ReLU()
+        # "same" padding (nothing before, one after on even sizes), padding excluded from the mean.
+        self.shortcut_pool = nn.AvgPool2d(3, 2, pad_mode="same")
+
+    def construct(self, x):
+        y = self.reduce(x)
+        if self.shuffle:
+            y = channel_shuffle(y, self.groups)
+        y = self.expand(self.dw(y))
+        if self.downsample:
+            return self.relu(ops.concat((self.shortcut_pool(x), y), 1))
+        return self.relu(x + y)
+
+
+class MaxPool(nn.Cell):
+    """k x k max-pool with "same" padding (see specs.MaxPool)."""
+
+    def __init__(self, spec: specs.MaxPool):
+        super().__init__()
+        self.pool = nn.MaxPool2d(spec.kernel, spec.stride, pad_mode="same")
+
+    def construct(self, x):
+        return self.pool(x)
+
+
+def build_block(block, bn_eps: float, bn_decay: float, rng) -> nn.Cell:
+    if isinstance(block, specs.ConvBN):
+        return ConvBN(block, bn_eps, bn_decay, rng)
+    if isinstance(block, specs.MaxPool):
+        return MaxPool(block)
+    if isinstance(block, (specs.DepthwiseSeparable, specs.InvertedResidual)):
+        return SequentialBlock(block, bn_eps, bn_decay, rng)
+    if isinstance(block, specs.ShuffleUnit):
+        return ShuffleUnit(block, bn_eps, bn_decay, rng)
+    raise TypeError(f"{block.name}: unknown block type {type(block).__name__}")
+
+
+class Head(nn.Cell):
+    """Global average pool, [1x1 conv with bias (no BN) + activation], flatten, dropout."""
+
+    def __init__(self, head: specs.Head, dropout: float, rng):
+        super().__init__()
+        self.pool = ops.ReduceMean(keep_dims=True)
+        if head.hidden:
+            self.conv = conv2d(rng, head.in_ch, head.hidden, 1, bias=True)
+            self.act = activation(head.hidden_act)
+        else:
+            self.conv = nn.Identity()
+            self.act = nn.Identity()
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(p=float(dropout))
+
+    def construct(self, x):
+        x = self.pool(x, (2, 3))
+        x = self.act(self.conv(x))
+        return self.dropout(self.flatten(x))
+
+
+class Network(nn.Cell):
+    """NHWC float images in, logits (N, num_classes) out.
+
+    Blocks named `blocks.<i>` live in the cell list `blocks`; the others (stem, stem_pool, final)
+    are attributes of their own name, run before or after the list as the architecture orders them.
+    """
+
+    def __init__(self, arch: specs.Architecture, dropout: float = 0.0, bn_eps: float = 1e-5,
+                 bn_decay: float = 0.9, seed: int = 0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.arch = arch
+        self.bn_eps = float(bn_eps)
+        before, numbered, after = [], [], []
+        for block in arch.blocks:
+            cell = build_block(block, bn_eps, bn_decay, rng)
+            prefix, _, index = block.name.partition(".")
+            if prefix == "blocks":
+                if index != str(len(numbered)):
+                    raise ValueError(f"{arch.name}: block {block.name} out of order (expected blocks.{len(numbered)})")
+                numbered.append(cell)
+            elif "." in block.name:
+                raise ValueError(f"{arch.name}: block name {block.name!r} is neither 'blocks.<i>' nor a plain name")
+            else:
+                (after if numbered else before).append((block.name, cell))
+        # Assigned in forward order, each child complete before assignment, so Parameter.name
+        # (what checkpoints and optimizers see) equals the attribute path.
+        for name, cell in before:
+            setattr(self, name, cell)
+        self.blocks = nn.CellList(numbered)
+        for name, cell in after:
+            setattr(self, name, cell)
+        self.before = [cell for _, cell in before]
+        self.after = [cell for _, cell in after]
+        self.head = Head(arch.head, dropout, rng)
+        self.classifier = nn.Dense(arch.num_features, arch.head.num_classes,
+                                   weight_init=_lecun_normal(rng, (arch.head.num_classes, arch.num_features),
+                                                             arch.num_features),
+                                   bias_init="zeros", has_bias=arch.head.classifier_bias)
+
+    def construct(self, x):
+        x = ops.transpose(x, (0, 3, 1, 2))
+        for cell in self.before:
+            x = cell(x)
+        for cell in self.blocks:
+            x = cell(x)
+        for cell in self.after:
+            x = cell(x)
+        return self.classifier(self.head(x))
+
+
+def build_network(model_cfg, bn_eps: float | None = None, seed: int = 0) -> Network:
+    """The Network for a config's `model` section (bn_eps may be overridden by a weight file)."""
+    arch = specs.architecture_from_config(model_cfg)
+    eps = model_cfg.bn_eps if bn_eps is None else bn_eps
+    return Network(arch, float(model_cfg.dropout), float(eps), float(model_cfg.bn_decay), seed)

@@ -1,0 +1,72 @@
+"""main.py: --mode=summary prints the reference counts on both engines; config mistakes are one line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = json.load(open(os.path.join(ROOT, "tests", "fixtures", "reference_counts.json")))
+TIMM, MINDCV = REFERENCE["timm"]["models"], REFERENCE["mindcv"]["models"]
+
+
+def run_main(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+# recipe (+ overrides) -> the reference model whose parameter count and MACs it must print
+CASES = [
+    (["--config=configs/mnv3_small.py"], TIMM["mobilenetv3_small_100"]),
+    (["--config=configs/mnv3_small.py", "--config.model.width=0.75"], TIMM["mobilenetv3_small_075"]),
+    (["--config=configs/mnv3_large.py"], TIMM["mobilenetv3_large_100"]),
+    (["--config=configs/mnv3_large.py", "--config.model.width=0.75"], TIMM["mobilenetv3_large_075"]),
+    (["--config=configs/mnv1.py"], TIMM["mobilenetv1_100"]),
+    (["--config=configs/mnv1.py", "--config.model.width=0.5"], TIMM["mobilenetv1_050"]),
+    (["--config=configs/shufflenet_v1.py"], MINDCV["shufflenet_v1_g3_20"]),
+    (["--config=configs/shufflenet_v1.py", "--config.model.width=1.0", "--config.model.groups=8"],
+     MINDCV["shufflenet_v1_g8_10"]),
+]
+
+
+@pytest.mark.parametrize("args,reference", CASES, ids=lambda v: " ".join(v)[9:] if isinstance(v, list) else "")
+def test_summary_prints_reference_counts_on_both_engines(args, reference):
+    lines = {}
+    for backend in ("jax", "mindspore"):
+        result = run_main(*args, f"--backend={backend}", "--mode=summary")
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines[backend] = json.loads(result.stdout.strip().splitlines()[-1])
+    for backend, summary in lines.items():
+        assert summary["backend"] == backend
+        assert summary["params"] == reference["params"]
+        assert summary["macs"] == reference["macs"]
+        assert summary["input_shape"] == [1, 224, 224, 3]
+    assert {k: v for k, v in lines["jax"].items() if k != "backend"} == \
+        {k: v for k, v in lines["mindspore"].items() if k != "backend"}
+
+
+def test_cifar10_variant_of_mnv1_has_ten_classes():
+    result = run_main("--config=configs/mnv1.py:cifar10", "--mode=summary")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["params"] == TIMM["mobilenetv1_100"]["params_num_classes_10"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.model.widht=0.5"],
+     "error: unknown config key 'model.widht' (did you mean model.width?); valid keys in model: bn_decay, bn_eps, "
+     "dropout, groups, name, num_classes, width"),
+    (["--config.modle.width=0.5"], "error: unknown config key 'modle.width' (did you mean model?); valid keys in the config:"),
+    (["--config.model.width=0.35"],
+     "error: model.width=0.35 is not supported for mobilenet_v3_small; supported widths: 0.5, 0.75, 1.0"),
+    (["--config.model.width=abc"], "could not convert string to float: 'abc'"),
+    (["--config.model.name=shufflenet_v1", "--config.model.groups=5"],
+     "error: model.groups=5 is not supported for shufflenet_v1; supported groups: 1, 2, 3, 4, 8"),
+    (["--backend=torch"], "--backend"),
+])
+def test_config_mistakes_are_one_clear_line(args, message):
+    result = run_main("--config=configs/mnv3_small.py", "--mode=summary", *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
