@@ -12,19 +12,21 @@ import json
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import base
 from mobilenets_core import config_check, specs
 
-MODES = ("summary",)
+MODES = ("train", "eval", "export", "summary")
 BACKENDS = ("jax", "mindspore")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/mnv3_small.py[:variant].",
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 flags.DEFINE_enum("backend", "jax", BACKENDS, "Engine that runs the recipe.")
-flags.DEFINE_enum("mode", "summary", MODES, "What to do.")
+flags.DEFINE_enum("mode", "train", MODES, "train (resumes from the newest checkpoint in --workdir), "
+                  "eval (newest or eval.checkpoint), export (deployment files), summary (params and MACs).")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -59,6 +61,19 @@ def engine(backend: str):
     return importlib.import_module({"jax": "mobilenets_jax", "mindspore": "mobilenets_ms"}[backend])
 
 
+def engine_runner(backend: str):
+    """The engine's training module (train_and_evaluate, evaluate)."""
+    return importlib.import_module({"jax": "mobilenets_jax.train", "mindspore": "mobilenets_ms.train"}[backend])
+
+
+def exporter(backend: str):
+    """The engine's export module (export(config, workdir))."""
+    if backend == "jax":
+        sys.exit("error: --mode=export is not yet available on the JAX engine (TFLite / SavedModel / StableHLO "
+                 "export is planned); use --backend=mindspore for MINDIR / ONNX")
+    return importlib.import_module("mobilenets_ms.export")
+
+
 def summary(config, backend: str) -> dict:
     arch = specs.architecture_from_config(config.model)
     size = config.dataset.image_size
@@ -69,13 +84,33 @@ def summary(config, backend: str) -> dict:
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)  # Orbax and TFDS log every file operation
     config = _CONFIG.value
+    explicit = {m.group(1) for a in sys.argv for m in [re.match(r"--config\.([\w.]+)", a)] if m}
+    changed = base.apply_dataset_profile(config, explicit)
+    if changed and FLAGS.mode != "summary":
+        print(f"dataset {config.dataset.name}: using its profile "
+              + ", ".join(f"{k}={v}" for k, v in changed.items()) + " (override any with --config.KEY=VALUE)")
     try:
         config_check.check(config)
     except config_check.ConfigError as e:
         sys.exit(f"error: {e}")
     if FLAGS.mode == "summary":
         print(json.dumps(summary(config, FLAGS.backend)))
+        return
+    if not FLAGS.workdir:
+        sys.exit(f"error: --mode={FLAGS.mode} needs --workdir=DIR (checkpoints, metrics.jsonl and logs go there)")
+    run = engine_runner(FLAGS.backend)
+    try:
+        if FLAGS.mode == "train":
+            run.train_and_evaluate(config, FLAGS.workdir)
+        elif FLAGS.mode == "eval":
+            run.evaluate(config, FLAGS.workdir)
+        else:
+            exporter(FLAGS.backend).export(config, FLAGS.workdir)
+    except config_check.ConfigError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict()
     config.loss.label_smoothing = 0.0
 
+    config.ema = ml_collections.ConfigDict()
+    config.ema.decay = 0.0  # > 0: keep an exponential moving average of the weights and evaluate it
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 256  # global; the last batch is padded and masked, never dropped
+    config.eval.every_epochs = 1  # evaluate the validation split every this many epochs (and at the end)
+    config.eval.checkpoint = config_dict.placeholder(int)  # --mode=eval: this step instead of the newest
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
     config.checkpoint.keep = 5
@@ -62,3 +70,32 @@ def get_config() -> ml_collections.ConfigDict:
     config.mixed_precision.loss_scale = 1.0  # fixed loss scale; 0 means dynamic
 
     return config
+
+
+# Settings a recipe's ImageNet-scale values give way to on the embedded dataset, so that
+# `--config.dataset.name=digits` alone trains in minutes on a laptop CPU. A key given on the
+# command line always wins over the profile.
+DATASET_PROFILES = {
+    "digits": {
+        "model.num_classes": 10,
+        "dataset.image_size": 32,
+        "train.batch_size": 64,
+        "train.epochs": 15,
+        "train.log_every_steps": 11,
+        "optimizer.learning_rate": 0.01,
+        "schedule.warmup_epochs": 1.0,
+        "eval.batch_size": 128,
+        "checkpoint.every_epochs": 5,
+    },
+}
+
+
+def apply_dataset_profile(config, explicit_keys=()) -> dict:
+    """Apply the profile of config.dataset.name, except keys in `explicit_keys`; returns what changed."""
+    changed = {}
+    for key, value in DATASET_PROFILES.get(config.dataset.name, {}).items():
+        section, field = key.split(".")
+        if key not in explicit_keys and config[section][field] != value:
+            config[section][field] = value
+            changed[key] = value
+    return changed

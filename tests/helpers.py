@@ -38,3 +38,20 @@ def random_canonical_state(arch: specs.Architecture, seed: int = 0) -> dict:
 # One small-ish variant per family, with the features each family exercises.
 FAMILIES = [("mobilenet_v1", 0.25, None), ("mobilenet_v3_small", 0.75, None),
             ("mobilenet_v3_large", 0.75, None), ("shufflenet_v1", 0.5, 3), ("shufflenet_v1", 0.5, 8)]
+
+
+def tiny_train_config(**overrides):
+    """MobileNetV3-Small 0.5 on digits at 32 px: a real network and real data, seconds per epoch."""
+    config = base.get_config()
+    config.model.name, config.model.width, config.model.num_classes = "mobilenet_v3_small", 0.5, 10
+    config.model.dropout = 0.0
+    config.dataset.name, config.dataset.image_size = "digits", 32
+    config.train.batch_size, config.train.epochs, config.train.log_every_steps = 32, 2, 5
+    config.eval.batch_size = 100  # does not divide the 359 validation images
+    config.optimizer.name, config.optimizer.learning_rate = "momentum", 0.05
+    config.schedule.warmup_epochs = 0.5
+    config.loss.label_smoothing = 0.1
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config

@@ -70,3 +70,36 @@ def test_config_mistakes_are_one_clear_line(args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_digits_profile_applies_unless_overridden():
+    result = run_main("--config=configs/mnv3_small.py", "--mode=summary", "--config.dataset.name=digits")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["params"] == TIMM["mobilenetv3_small_100"]["params_num_classes_10"]
+    assert summary["input_shape"] == [1, 32, 32, 3]
+    result = run_main("--config=configs/mnv3_small.py", "--mode=summary", "--config.dataset.name=digits",
+                      "--config.dataset.image_size=64")
+    assert json.loads(result.stdout.strip().splitlines()[-1])["input_shape"] == [1, 64, 64, 3]
+
+
+def test_train_then_eval_reproduces_the_final_top1(tmp_path):
+    common = ["--config=configs/mnv3_small.py", f"--workdir={tmp_path}", "--config.dataset.name=digits",
+              "--config.model.width=0.5", "--config.train.epochs=2"]
+    trained = run_main(*common)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "dataset digits: using its profile model.num_classes=10" in trained.stdout
+    assert "epoch 2: epoch time: " in trained.stdout and ", avg loss: " in trained.stdout
+    final = [l for l in trained.stdout.splitlines() if l.startswith("result: ")][-1]
+    evaluated = run_main(*common, "--mode=eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert [l for l in evaluated.stdout.splitlines() if l.startswith("result: ")] == [final]
+    records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert records[-1]["split"] == "eval" and records[-1]["mode"] == "eval"
+    assert records[-1]["top1"] == records[-2]["top1"]
+
+
+def test_eval_without_a_checkpoint_says_what_to_do(tmp_path):
+    result = run_main("--config=configs/mnv3_small.py", f"--workdir={tmp_path}", "--config.dataset.name=digits",
+                      "--mode=eval")
+    assert result.returncode != 0
+    assert f"error: no checkpoint in {tmp_path}/checkpoints; train first" in result.stderr
