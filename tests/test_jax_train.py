@@ -178,3 +178,29 @@ def test_folder_source_trains_on_real_jpegs(tmp_path):
     saved = json.load(open(tmp_path / "run" / "dataset.json"))
     assert saved["class_names"] == [f"digit_{d}" for d in range(10)]
     assert saved["num_train"] == 120
+
+
+def test_bfloat16_computes_in_bf16_with_float32_master_weights():
+    config = tiny_train_config(**{"train.dtype": "bfloat16"})
+    dataset = build_dataset(config, "train")
+    trainer = train.Trainer(config, dataset.steps_per_epoch(config.train.batch_size))
+    state = trainer.init_state(0)
+    batch = trainer.to_global(next(dataset.train_batches(config.train.batch_size, epoch=0)))
+    jaxpr = str(jax.make_jaxpr(trainer._train_step)(state, batch))
+    assert "bf16[32,16,16,16]" in jaxpr  # the stem's activations are bfloat16
+    state, m = trainer.train_step(state, batch)
+    assert np.isfinite(float(m["loss"]))
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype("float32")}
+
+
+def test_weight_decay_skips_batchnorm_and_bias_when_asked():
+    from mobilenets_jax.optimizers import build_optimizer
+
+    config = tiny_train_config(**{"optimizer.weight_decay": 0.5, "optimizer.decay_bn_and_bias": False,
+                                  "optimizer.momentum": 0.0})
+    params = {"conv": {"kernel": jnp.ones((3,))}, "bn": {"scale": jnp.ones((3,)), "bias": jnp.ones((3,))}}
+    tx = build_optimizer(config, np.full(10, 0.1, np.float32))
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert float(updates["conv"]["kernel"][0]) == pytest.approx(-0.1 * 0.5)
+    assert float(updates["bn"]["scale"][0]) == 0.0 and float(updates["bn"]["bias"][0]) == 0.0
