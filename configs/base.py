@@ -53,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict()
     config.loss.label_smoothing = 0.0
 
+    config.init = ml_collections.ConfigDict()
+    config.init.weights = config_dict.placeholder(str)  # canonical / timm .safetensors, timm .pth, MindSpore .ckpt, JAX workdir
+    config.init.freeze = ""  # "backbone": train only the classifier (and MobileNetV3's head conv)
+
     config.ema = ml_collections.ConfigDict()
     config.ema.decay = 0.0  # > 0: keep an exponential moving average of the weights and evaluate it
 

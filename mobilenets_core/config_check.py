@@ -39,8 +39,38 @@ def check_model(model_cfg) -> None:
         raise ConfigError(f"model.bn_eps={model_cfg.bn_eps} must be positive (1e-5 timm/MindSpore, 1e-3 TF)")
 
 
+CHOICES = {
+    "optimizer.name": ("momentum", "rmsprop", "adamw"),
+    "schedule.name": ("cosine", "linear", "poly", "exponential", "constant"),
+    "train.dtype": ("float32", "bfloat16", "float16"),
+    "mixed_precision.level": ("O0", "O1", "O2", "O3"),
+    "init.freeze": ("", "backbone"),
+}
+POSITIVE = ("train.batch_size", "train.epochs", "train.log_every_steps", "eval.batch_size", "eval.every_epochs",
+            "checkpoint.every_epochs", "checkpoint.keep")
+NON_NEGATIVE = ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.momentum", "optimizer.eps",
+                "schedule.warmup_epochs", "schedule.init_lr", "schedule.end_lr", "loss.label_smoothing",
+                "mixed_precision.loss_scale", "ema.decay")
+
+
+def _get(config, key):
+    section, field = key.split(".")
+    return config[section][field]
+
+
 def check(config) -> None:
     """Every check that can run before any work starts."""
     check_model(config.model)
     if config.dataset.image_size < 32:
         raise ConfigError(f"dataset.image_size={config.dataset.image_size} is too small; use 32 or more")
+    for key, choices in CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ConfigError(f"{key}={_get(config, key)!r} is not one of: {', '.join(map(repr, choices))}")
+    for key in POSITIVE:
+        if _get(config, key) < 1:
+            raise ConfigError(f"{key}={_get(config, key)} must be at least 1")
+    for key in NON_NEGATIVE:
+        if _get(config, key) < 0:
+            raise ConfigError(f"{key}={_get(config, key)} must not be negative")
+    if config.loss.label_smoothing >= 1 or config.ema.decay >= 1:
+        raise ConfigError("loss.label_smoothing and ema.decay must be below 1")

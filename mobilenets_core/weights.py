@@ -54,13 +54,18 @@ class ModelInfo:
 def check_state(state: dict, arch: specs.Architecture, source: str = "weights") -> None:
     """Raise ValueError listing every missing, unexpected or wrongly shaped tensor."""
     expected = {name: shape for name, (shape, _) in specs.canonical_shapes(arch).items()}
+    check_shapes(state, expected, f"{source} do not fit {arch.name} width={arch.width} groups={arch.groups} "
+                                  f"num_classes={arch.head.num_classes}:")
+
+
+def check_shapes(state: dict, expected: dict, title: str) -> None:
+    """Raise ValueError titled `title` listing tensors missing from, extra in, or misshapen in `state`."""
     missing = [n for n in expected if n not in state]
     unexpected = [n for n in state if n not in expected]
     wrong = [f"{n}: {tuple(np.shape(state[n]))} != expected {expected[n]}"
              for n in expected if n in state and tuple(np.shape(state[n])) != tuple(expected[n])]
     if missing or unexpected or wrong:
-        lines = [f"{source} do not fit {arch.name} width={arch.width} groups={arch.groups} "
-                 f"num_classes={arch.head.num_classes}:"]
+        lines = [title]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")

@@ -103,10 +103,12 @@ class Network(nn.Module):
     bn_eps: float = 1e-5
     bn_decay: float = 0.9
     dtype: Any = jnp.float32
+    frozen_backbone: bool = False  # BatchNorm of the body keeps its running statistics when training
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
+        head_train, train = train, train and not self.frozen_backbone
         for block in self.arch.blocks:
             name = module_name(block.name)
             if isinstance(block, specs.MaxPool):
@@ -121,16 +123,19 @@ class Network(nn.Module):
             x = nn.Conv(head.hidden, (1, 1), dtype=self.dtype, name="head_conv")(x)
             x = activation(head.hidden_act)(x)
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dropout(self.dropout, deterministic=not head_train)(x)
         x = nn.Dense(head.num_classes, use_bias=head.classifier_bias, dtype=self.dtype, name="classifier")(x)
         return x.astype(jnp.float32)
 
 
-def build_network(model_cfg, dtype=jnp.float32, bn_eps: float | None = None) -> Network:
+HEAD_MODULES = ("classifier", "head_conv")  # what init.freeze=backbone leaves trainable
+
+
+def build_network(model_cfg, dtype=jnp.float32, bn_eps: float | None = None, frozen_backbone: bool = False) -> Network:
     """The Network for a config's `model` section (bn_eps may be overridden by a weight file)."""
     arch = specs.architecture_from_config(model_cfg)
     eps = model_cfg.bn_eps if bn_eps is None else bn_eps
-    return Network(arch, float(model_cfg.dropout), float(eps), float(model_cfg.bn_decay), dtype)
+    return Network(arch, float(model_cfg.dropout), float(eps), float(model_cfg.bn_decay), dtype, frozen_backbone)
 
 
 def init_variables(network: Network, seed: int = 0, image_size: int = 224):

@@ -23,6 +23,18 @@ def decay_mask(params, decay_bn_and_bias: bool):
 
 
 def build_optimizer(config, lr_table) -> optax.GradientTransformation:
+    """The configured optimizer; with init.freeze=backbone only the head's parameters move."""
+    tx = _optimizer(config, lr_table)
+    if config.init.freeze == "backbone":
+        from mobilenets_jax.models import HEAD_MODULES
+
+        labels = lambda params: {k: jax.tree_util.tree_map(  # noqa: E731
+            lambda _: "train" if k in HEAD_MODULES else "frozen", v) for k, v in params.items()}
+        return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx
+
+
+def _optimizer(config, lr_table) -> optax.GradientTransformation:
     o = config.optimizer
     table = jnp.asarray(lr_table, jnp.float32)
     schedule = lambda count: table[jnp.minimum(count, table.shape[0] - 1)]  # noqa: E731

@@ -66,7 +66,8 @@ class Trainer:
     def __init__(self, config, steps_per_epoch: int):
         self.config = config
         self.num_classes = int(config.model.num_classes)
-        self.module = models.build_network(config.model, dtype=DTYPES[config.train.dtype])
+        self.module = models.build_network(config.model, dtype=DTYPES[config.train.dtype],
+                                           frozen_backbone=config.init.freeze == "backbone")
         self.lr = schedules.lr_table(config, steps_per_epoch)
         self.tx = build_optimizer(config, self.lr)
         self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
@@ -166,6 +167,20 @@ def _progress(total: int, initial: int, desc: str):
                 file=sys.stderr)
 
 
+def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
+    """(trainer, variables) starting from config.init.weights; the network takes the file's BatchNorm eps."""
+    from mobilenets_jax.weights import initial_variables
+
+    fresh = jax.device_get(trainer.module.init(jax.random.PRNGKey(int(config.train.seed)), jnp.zeros(
+        (1, config.dataset.image_size, config.dataset.image_size, 3)), train=False))
+    variables, bn_eps = initial_variables(config, trainer.module, fresh, say)
+    if bn_eps != config.model.bn_eps:
+        say(f"model.bn_eps={config.model.bn_eps} -> {bn_eps}, the epsilon the imported weights were trained with")
+        config.model.bn_eps = bn_eps
+        trainer = Trainer(config, steps_per_epoch)
+    return trainer, variables
+
+
 def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
     """Train `config` in `workdir`, resuming from its newest checkpoint; returns the final eval result.
 
@@ -186,8 +201,12 @@ def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
             json.dump({"name": train_ds.name, "class_names": train_ds.class_names,
                        "num_train": train_ds.num_examples, "num_validation": val_ds.num_examples}, f)
 
-    state = trainer.init_state(int(config.train.seed))
     latest = checkpoints.latest_step()
+    if latest is None and config.init.weights:
+        trainer, variables = _imported_start(config, trainer, steps_per_epoch, say)
+        state = trainer.init_state(int(config.train.seed), variables)
+    else:
+        state = trainer.init_state(int(config.train.seed))
     if latest is not None:
         state, meta = checkpoints.restore(latest, state)
         say(f"resumed from {checkpoints.directory}/{latest} (step {latest}, epoch {meta['epoch']})")

@@ -6,6 +6,8 @@ params['classifier']['kernel'] (transposed), '*.bn.mean' / '*.bn.var' <-> batch_
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from mobilenets_core import specs
@@ -80,3 +82,45 @@ def from_canonical(state: dict, arch: specs.Architecture) -> dict:
             node = node.setdefault(key, {})
         node[leaf] = _to_flax_layout(np.asarray(state[name], dtype=np.float32))
     return variables
+
+
+def read_workdir(path: str) -> tuple[dict, dict]:
+    """(canonical state, model fields) of the newest checkpoint of a JAX workdir."""
+    import orbax.checkpoint as ocp
+
+    from mobilenets_core.config_check import ConfigError
+    from mobilenets_jax.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(path, read_only=True)
+    step = checkpoints.latest_step()
+    if step is None:
+        raise ConfigError(f"init.weights={path!r}: no checkpoint in {checkpoints.directory}")
+    restored = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                        meta=ocp.args.JsonRestore()))
+    checkpoints.close()
+    model = restored.meta["model"]
+    arch = specs.build_architecture(model["name"], model["width"], model["groups"], model["num_classes"])
+    variables = {"params": restored.state["params"], "batch_stats": restored.state["batch_stats"]}
+    return to_canonical(variables, arch), model
+
+
+def initial_variables(config, module, fresh_variables, say=print):
+    """Flax variables for `module` from config.init.weights: the file's tensors where they fit, the
+    fresh ones for a classifier of another class count. Updates config.model.bn_eps to the file's."""
+    from mobilenets_core import weight_files
+
+    path = config.init.weights
+    arch = module.arch
+    if os.path.isdir(path):
+        state, model = read_workdir(path)
+        bn_eps, kind = float(model["bn_eps"]), "JAX workdir"
+    else:
+        state, bn_eps, kind = weight_files.read(path, arch)
+    fitted, reinit = weight_files.fit(state, arch, f"init.weights={path}")
+    fresh = to_canonical(fresh_variables, arch)
+    fitted.update({name: fresh[name] for name in reinit})
+    say(f"initialised from {kind} {path} ({len(fitted) - len(reinit)} tensors)"
+        + (f"; classifier re-initialised for {arch.head.num_classes} classes "
+           f"(the file has {state['classifier.weight'].shape[0] if 'classifier.weight' in state else 'none'})"
+           if reinit else ""))
+    return from_canonical(fitted, arch), bn_eps
