@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from configs import base
 from mobilenets_core import config_check, specs
 
-MODES = ("train", "eval", "export", "summary")
+MODES = ("train", "eval", "predict", "export", "summary")
 BACKENDS = ("jax", "mindspore")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/mnv3_small.py[:variant].",
@@ -26,7 +26,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. con
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 flags.DEFINE_enum("backend", "jax", BACKENDS, "Engine that runs the recipe.")
 flags.DEFINE_enum("mode", "train", MODES, "train (resumes from the newest checkpoint in --workdir), "
-                  "eval (newest or eval.checkpoint), export (deployment files), summary (params and MACs).")
+                  "eval (newest or eval.checkpoint), predict (top-5 of predict.inputs), export (deployment "
+                  "files), summary (params and MACs).")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -107,6 +108,8 @@ def main(argv):
             run.train_and_evaluate(config, FLAGS.workdir)
         elif FLAGS.mode == "eval":
             run.evaluate(config, FLAGS.workdir)
+        elif FLAGS.mode == "predict":
+            run.predict(config, FLAGS.workdir)
         else:
             exporter(FLAGS.backend).export(config, FLAGS.workdir)
     except config_check.ConfigError as e:

@@ -65,6 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.every_epochs = 1  # evaluate the validation split every this many epochs (and at the end)
     config.eval.checkpoint = config_dict.placeholder(int)  # --mode=eval: this step instead of the newest
 
+    config.predict = ml_collections.ConfigDict()
+    config.predict.inputs = config_dict.placeholder(str)  # an image, a directory or a glob
+    config.predict.output = config_dict.placeholder(str)  # optional .jsonl with every prediction
+    config.predict.top_k = 5
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
     config.checkpoint.keep = 5
@@ -95,9 +100,18 @@ DATASET_PROFILES = {
 
 
 def apply_dataset_profile(config, explicit_keys=()) -> dict:
-    """Apply the profile of config.dataset.name, except keys in `explicit_keys`; returns what changed."""
+    """Apply the profile of config.dataset.name, except keys in `explicit_keys`; returns what changed.
+
+    An image folder brings its class count: model.num_classes = the number of train/<class> folders."""
+    profile = dict(DATASET_PROFILES.get(config.dataset.name, {}))
+    if config.dataset.name == "folder" and config.dataset.path:
+        from mobilenets_core.data.sources import folder_class_names
+
+        names = folder_class_names(config.dataset.path)
+        if names:
+            profile["model.num_classes"] = len(names)
     changed = {}
-    for key, value in DATASET_PROFILES.get(config.dataset.name, {}).items():
+    for key, value in profile.items():
         section, field = key.split(".")
         if key not in explicit_keys and config[section][field] != value:
             config[section][field] = value

@@ -293,3 +293,22 @@ def evaluate(config, workdir: str) -> dict:
         print(metrics_lib.eval_line(result, f"{checkpoints.directory}/{int(step)}"))
     checkpoints.close()
     return result
+
+
+def predict(config, workdir: str) -> list:
+    """Top-k classes of predict.inputs with the newest checkpoint (or eval.checkpoint) of `workdir`."""
+    from mobilenets_core import predict as predict_lib
+
+    predict_lib.collect_inputs(config.predict.inputs)  # a bad input spec fails before any work
+    checkpoints = Checkpoints(workdir, read_only=True)
+    step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
+    if step is None:
+        raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first or point --workdir at a run")
+    trainer = Trainer(config, 1)
+    state, _ = checkpoints.restore(int(step), trainer.init_state(int(config.train.seed)))
+    checkpoints.close()
+    params = state.ema_params if config.ema.decay > 0 else state.params
+    apply = jax.jit(lambda images: trainer.module.apply({"params": params, "batch_stats": state.batch_stats},
+                                                        images, train=False))
+    return predict_lib.run(config, workdir, lambda batch: np.asarray(apply(jnp.asarray(batch))))
+

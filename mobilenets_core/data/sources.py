@@ -91,6 +91,12 @@ def _list_classes(split_dir: str) -> list:
     return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
 
 
+def folder_class_names(root: str) -> list:
+    """Class names of an image folder (its train/<class> directories); [] if there is no train/."""
+    train_dir = os.path.join(root, "train")
+    return _list_classes(train_dir) if os.path.isdir(train_dir) else []
+
+
 def _list_images(split_dir: str, class_names: list) -> tuple:
     paths, labels = [], []
     for label, name in enumerate(class_names):
