@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from configs import base
 from mobilenets_core import config_check, specs
 
-MODES = ("train", "eval", "predict", "export", "summary")
+MODES = ("train", "eval", "predict", "export", "convert", "summary")
 BACKENDS = ("jax", "mindspore")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/mnv3_small.py[:variant].",
@@ -27,7 +27,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and log
 flags.DEFINE_enum("backend", "jax", BACKENDS, "Engine that runs the recipe.")
 flags.DEFINE_enum("mode", "train", MODES, "train (resumes from the newest checkpoint in --workdir), "
                   "eval (newest or eval.checkpoint), predict (top-5 of predict.inputs), export (deployment "
-                  "files), summary (params and MACs).")
+                  "files), convert (weights between formats), summary (params and MACs).")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -99,6 +99,12 @@ def main(argv):
         sys.exit(f"error: {e}")
     if FLAGS.mode == "summary":
         print(json.dumps(summary(config, FLAGS.backend)))
+        return
+    if FLAGS.mode == "convert":  # framework-free formats plus JAX workdirs: always through the JAX engine
+        try:
+            importlib.import_module("mobilenets_jax.convert").convert(config)
+        except config_check.ConfigError as e:
+            sys.exit(f"error: {e}")
         return
     if not FLAGS.workdir:
         sys.exit(f"error: --mode={FLAGS.mode} needs --workdir=DIR (checkpoints, metrics.jsonl and logs go there)")

@@ -70,6 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.predict.output = config_dict.placeholder(str)  # optional .jsonl with every prediction
     config.predict.top_k = 5
 
+    config.convert = ml_collections.ConfigDict()
+    config.convert.output = config_dict.placeholder(str)  # --mode=convert: where the converted weights go
+    config.convert.format = ""  # canonical | timm | mindspore | jax; "" = from the output's name
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
     config.checkpoint.keep = 5

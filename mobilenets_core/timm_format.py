@@ -83,7 +83,7 @@ def from_timm(timm_state: dict, arch: specs.Architecture) -> dict:
 
 def to_timm(state: dict, arch: specs.Architecture) -> dict:
     """Canonical state -> timm state dict (float32 arrays, timm's key names)."""
-    return {key: np.asarray(state[name], dtype=np.float32) for name, key in name_map(arch).items()}
+    return {key: np.ascontiguousarray(state[name], dtype=np.float32) for name, key in name_map(arch).items()}
 
 
 def read_state_dict(path: str) -> dict:

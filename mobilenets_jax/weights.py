@@ -62,7 +62,8 @@ def to_canonical(variables, arch: specs.Architecture) -> dict:
         if path not in flat:
             missing.append("/".join(path))
             continue
-        state[name] = _to_canonical_layout(np.asarray(flat.pop(path), dtype=np.float32))
+        # contiguous: writers such as safetensors store the raw buffer of what they are given
+        state[name] = np.ascontiguousarray(_to_canonical_layout(np.asarray(flat.pop(path), dtype=np.float32)))
     leftover = ["/".join(map(str, p)) for p in flat]
     if missing or leftover:
         raise ValueError(f"Flax variables do not match {arch.name}: missing {missing[:8]}, unexpected {leftover[:8]}")
