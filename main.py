@@ -62,17 +62,22 @@ def engine(backend: str):
     return importlib.import_module({"jax": "mobilenets_jax", "mindspore": "mobilenets_ms"}[backend])
 
 
-def engine_runner(backend: str):
-    """The engine's training module (train_and_evaluate, evaluate)."""
-    return importlib.import_module({"jax": "mobilenets_jax.train", "mindspore": "mobilenets_ms.train"}[backend])
+# mode -> (module of the engine package, function(config, workdir))
+ENTRY_POINTS = {"train": ("train", "train_and_evaluate"), "eval": ("train", "evaluate"),
+                "predict": ("train", "predict"), "export": ("export", "export")}
 
 
-def exporter(backend: str):
-    """The engine's export module (export(config, workdir))."""
-    if backend == "jax":
-        sys.exit("error: --mode=export is not yet available on the JAX engine (TFLite / SavedModel / StableHLO "
-                 "export is planned); use --backend=mindspore for MINDIR / ONNX")
-    return importlib.import_module("mobilenets_ms.export")
+def engine_function(backend: str, mode: str):
+    """The engine's function for `mode`, or None where that engine does not have it yet."""
+    package = {"jax": "mobilenets_jax", "mindspore": "mobilenets_ms"}[backend]
+    module_name, function_name = ENTRY_POINTS[mode]
+    try:
+        module = importlib.import_module(f"{package}.{module_name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{package}.{module_name}":
+            raise
+        return None
+    return getattr(module, function_name, None)
 
 
 def summary(config, backend: str) -> dict:
@@ -108,16 +113,12 @@ def main(argv):
         return
     if not FLAGS.workdir:
         sys.exit(f"error: --mode={FLAGS.mode} needs --workdir=DIR (checkpoints, metrics.jsonl and logs go there)")
-    run = engine_runner(FLAGS.backend)
+    function = engine_function(FLAGS.backend, FLAGS.mode)
+    if function is None:
+        sys.exit(f"error: --mode={FLAGS.mode} is not yet available on the {FLAGS.backend} engine "
+                 f"(see the README's feature table)")
     try:
-        if FLAGS.mode == "train":
-            run.train_and_evaluate(config, FLAGS.workdir)
-        elif FLAGS.mode == "eval":
-            run.evaluate(config, FLAGS.workdir)
-        elif FLAGS.mode == "predict":
-            run.predict(config, FLAGS.workdir)
-        else:
-            exporter(FLAGS.backend).export(config, FLAGS.workdir)
+        function(config, FLAGS.workdir)
     except config_check.ConfigError as e:
         sys.exit(f"error: {e}")
 
