@@ -181,11 +181,46 @@ def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
     return trainer, variables
 
 
+class StopOnSignal:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint the current step and return."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
     """Train `config` in `workdir`, resuming from its newest checkpoint; returns the final eval result.
 
     `stop(step) -> bool`, checked after every step, ends the run early with a checkpoint at that
-    step (returns None); a later call resumes there, at the same data position."""
+    step (returns None); a later call resumes there, at the same data position. SIGTERM and
+    SIGINT do the same."""
+    with StopOnSignal() as signals:
+        return _train_and_evaluate(config, workdir,
+                                   lambda step: signals.signal is not None or (stop is not None and stop(step)))
+
+
+def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
     initialize_distributed()
     lead = jax.process_index() == 0
     say = print if lead else (lambda *a, **k: None)
@@ -230,7 +265,7 @@ def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
             if bar is not None:
                 bar.update(1)
             step = int(state.step)
-            if stop is not None and stop(step):
+            if stop(step):
                 if bar is not None:
                     bar.close()
                 checkpoints.save(step, state, _meta(config, train_ds, epoch + 1))

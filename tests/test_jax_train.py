@@ -204,3 +204,28 @@ def test_weight_decay_skips_batchnorm_and_bias_when_asked():
     updates, _ = tx.update(zeros, tx.init(params), params)
     assert float(updates["conv"]["kernel"][0]) == pytest.approx(-0.1 * 0.5)
     assert float(updates["bn"]["scale"][0]) == 0.0 and float(updates["bn"]["bias"][0]) == 0.0
+
+
+def test_sigterm_saves_the_current_step_exits_zero_and_the_rerun_continues(tmp_path):
+    import signal
+    import time
+
+    code = ("import sys; sys.path.insert(0, '.'); from tests.helpers import tiny_train_config; "
+            "from mobilenets_jax import train; "
+            "train.train_and_evaluate(tiny_train_config(**{'train.epochs': 3, 'train.log_every_steps': 1}), sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    metrics_file = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    step = Checkpoints(str(tmp_path), read_only=True).latest_step()
+    assert 5 <= step < 3 * 44
+    assert f"stopped at step {step}; checkpoint saved, run again to resume" in out
+    result = train.train_and_evaluate(tiny_train_config(**{"train.epochs": 3, "train.log_every_steps": 1}), str(tmp_path))
+    steps = [r["step"] for r in metrics_lib.read_metrics(str(tmp_path)) if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 3 * 44  # no step twice, none missing at the end
+    assert result["count"] == 359
