@@ -35,7 +35,7 @@ def steps(out):
 
 
 def run_training(workdir):
-    config = tiny_train_config(**{"train.epochs": 1})
+    config = tiny_train_config(**{"train.epochs": 1, "train.batch_size": 128})
     result = train.train_and_evaluate(config, workdir)
     print(f"top1={result['top1']!r} processes={jax.process_count()} devices={jax.device_count()}")
 
