@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
 import sys
 
@@ -16,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
-from mobilenets_core import config_check, specs
+from mobilenets_core import config_check, failures, specs
 
 MODES = ("train", "eval", "predict", "export", "convert", "summary")
 BACKENDS = ("jax", "mindspore")
@@ -43,11 +44,15 @@ def load_recipe(config_arg: str):
 
 def parse_flags(argv):
     """absl parsing, with config mistakes reported in one line instead of a traceback."""
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is not None and not os.path.isfile(config_arg.partition(":")[0]):
+        recipes = sorted(f"configs/{f}" for f in os.listdir(os.path.join(os.path.dirname(__file__), "configs"))
+                         if f.endswith(".py") and f not in ("__init__.py", "base.py"))
+        sys.exit(f"error: --config={config_arg}: no such recipe file; recipes: {', '.join(recipes)}")
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:
         overrides = [m.group(1) for a in argv for m in [re.match(r"--config\.([\w.]+)", a)] if m]
-        config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
         message = None
         if config_arg:
             recipe = load_recipe(config_arg)
@@ -55,7 +60,14 @@ def parse_flags(argv):
                 message = message or config_check.unknown_key_message(recipe, key)
         sys.exit(f"error: {message or e}")
     except flags.Error as e:
-        sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+        override = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", str(e), re.S)
+        if override and config_arg:
+            key, value, reason = override.groups()
+            sys.exit(f"error: {config_check.wrong_type_message(load_recipe(config_arg), key, value, reason)}")
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        if str(e).startswith("flag --config=") and len(lines) > 1:  # the recipe's get_config raised
+            sys.exit(f"error: --config={config_arg}: {lines[-1]}")
+        sys.exit(f"error: {lines[0] if lines else e} (pass --helpfull to see the flags)")
 
 
 def engine(backend: str):
@@ -108,7 +120,7 @@ def main(argv):
     if FLAGS.mode == "convert":  # framework-free formats plus JAX workdirs: always through the JAX engine
         try:
             importlib.import_module("mobilenets_jax.convert").convert(config)
-        except config_check.ConfigError as e:
+        except (config_check.ConfigError, failures.RunError) as e:
             sys.exit(f"error: {e}")
         return
     if not FLAGS.workdir:
@@ -119,8 +131,8 @@ def main(argv):
                  f"(see the README's feature table)")
     try:
         function(config, FLAGS.workdir)
-    except config_check.ConfigError as e:
-        sys.exit(f"error: {e}")
+    except (config_check.ConfigError, failures.RunError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")  # a config mistake, a non-finite loss, a checkpoint that cannot be written or read
 
 
 if __name__ == "__main__":

@@ -67,11 +67,43 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list:
-    path = os.path.join(workdir, "metrics.jsonl")
+    """Every record of workdir/metrics.jsonl; a last line cut short by a kill is left out."""
+    return _read_records(os.path.join(workdir, "metrics.jsonl"))[0]
+
+
+def _read_records(path: str) -> tuple:
+    """(records, number of lines that are not JSON objects: a line cut short by a kill mid-write)."""
     if not os.path.exists(path):
-        return []
+        return [], 0
+    records, broken = [], 0
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                broken += 1
+    return records, broken
+
+
+def truncate_after(workdir: str, step: int) -> int:
+    """Keep the records of workdir/metrics.jsonl up to `step`, the step a run resumes from; returns
+    how many lines were dropped. A run killed after its newest checkpoint wrote lines for steps it
+    will train again, and perhaps half a line: without this they would appear twice. The file is
+    replaced atomically, so a kill here loses nothing either."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    records, broken = _read_records(path)
+    kept = [r for r in records if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
+    dropped = len(records) - len(kept) + broken
+    if dropped:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return dropped
 
 
 def epoch_line(epoch: int, epoch_seconds: float, steps: int, avg_loss: float) -> str:
@@ -82,7 +114,7 @@ def epoch_line(epoch: int, epoch_seconds: float, steps: int, avg_loss: float) ->
 
 def eval_line(result: dict, checkpoint: str) -> str:
     """The seeds' eval line: result: {'Loss': ..., 'Top_1_Acc': ..., 'Top_5_Acc': ...} ckpt=..."""
-    shown = {"Loss": result["loss"], "Top_1_Acc": result["top1"], "Top_5_Acc": result["top5"]}
+    shown = {"Loss": float(result["loss"]), "Top_1_Acc": float(result["top1"]), "Top_5_Acc": float(result["top5"])}
     return f"result: {shown} ckpt={checkpoint}"
 
 

@@ -47,9 +47,16 @@ def class_names(workdir: str, num_classes: int) -> list:
 
 
 def prepare(path: str, image_size: int) -> np.ndarray:
-    image = preprocess.open_image(path)
-    small = preprocess.is_small_image(image.height, image.width)
-    return preprocess.normalize(preprocess.preprocess(path, size=image_size, train=False, small=small, flip=False))
+    try:
+        image = preprocess.open_image(path)
+        small = preprocess.is_small_image(image.height, image.width)
+        return preprocess.normalize(preprocess.preprocess(path, size=image_size, train=False, small=small, flip=False))
+    except preprocess.BadImage as e:
+        reason = str(e)
+    except (OSError, SyntaxError, EOFError, ValueError) as e:
+        reason = f"not an image ({type(e).__name__})"
+    raise ConfigError(f"predict.inputs: {path} is not a readable image ({reason}); remove it or point "
+                      f"predict.inputs at image files")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

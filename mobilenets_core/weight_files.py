@@ -46,16 +46,50 @@ def _canonical_info(path: str):
 
 
 def read(path: str, arch: specs.Architecture) -> tuple[dict, float, str]:
-    """(canonical state as stored in the file, BatchNorm eps it was trained with, kind)."""
+    """(canonical state as stored in the file, BatchNorm eps it was trained with, kind).
+
+    Every way a file can be unreadable (truncated, not a weight file at all, another network named
+    in its metadata) is a ConfigError whose first line names the file and what is wrong."""
     if not os.path.exists(path):
         raise ConfigError(f"init.weights={path!r} does not exist")
     kind = describe(path)
     if kind == "JAX workdir":
         raise ConfigError(f"init.weights={path!r} is a JAX workdir; convert it first with "
                           f"--backend=jax --mode=convert (see README) or use the JAX engine")
+    try:
+        return _read(path, arch, kind)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail inside third-party readers
+        reason = " ".join(str(e).split())[:300]
+        raise ConfigError(f"init.weights={path!r} cannot be read as a {kind} ({type(e).__name__}: {reason}); "
+                          f"is the file complete, and is it a {kind}?") from None
+
+
+def check_same_network(path: str, file_model: dict, state: dict, arch: specs.Architecture, where: str) -> None:
+    """Raise ConfigError if a file that names its network (`where`: e.g. its metadata) holds another
+    family, width or groups than `arch` (another class count is left to `fit`). The first line says
+    what differs and the fix; the lines after it list the tensors."""
+    wanted = {"name": arch.name, "width": arch.width, "groups": arch.groups}
+    differ = [k for k in wanted if k in file_model and file_model[k] != wanted[k]]
+    if not differ:
+        return
+    line = (f"init.weights={path!r} holds " + ", ".join(f"model.{k}={file_model[k]!r}" for k in differ)
+            + f" ({where}); this config has " + ", ".join(f"model.{k}={wanted[k]!r}" for k in differ)
+            + ": set those to the file's values, or use weights of this network")
+    try:
+        fit(state, arch, f"its tensors")
+    except ConfigError as e:
+        raise ConfigError(f"{line}\n{e}") from None
+    raise ConfigError(line)
+
+
+def _read(path: str, arch: specs.Architecture, kind: str) -> tuple[dict, float, str]:
     # Architecture with the file's class count, so that the names and shapes can be compared.
     if kind == "canonical":
         state, info = weights.load(path)
+        check_same_network(path, {"name": info.name, "width": info.width, "groups": info.groups}, state, arch,
+                           "by its metadata")
         return state, info.bn_eps, kind
     if kind == "MindSpore checkpoint":
         tensors = mindspore_ckpt.read(path)

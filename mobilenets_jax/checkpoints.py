@@ -2,8 +2,15 @@
 
 Each checkpoint holds the TrainState (params, batch_stats, opt_state, EMA, step, rng) and a JSON
 `meta` item (model, dataset, class names, epoch). Saves are asynchronous; Orbax writes each step
-to a temporary directory and renames it when complete, so a crash never leaves a half-written
-step that `latest_step` would pick.
+to `<step>.orbax-checkpoint-tmp` and renames it to `<step>` only when every file is written, so a
+crash or a kill -9 mid-save never leaves a half-written step that `latest_step` would pick (the
+leftover temporary directory is removed when the workdir is next opened for training).
+
+What can go wrong is reported in one line, before anything is overwritten:
+- a save that fails (full disk, permissions) raises `CheckpointError` naming the step and the newest
+  complete checkpoint, which Orbax leaves in place;
+- a checkpoint of another model or another training state (optimizer, EMA) raises `ConfigError`
+  naming what differs, and one that cannot be read raises `CheckpointError`.
 """
 from __future__ import annotations
 
@@ -12,13 +19,33 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from mobilenets_core.config_check import ConfigError
+from mobilenets_core.failures import CheckpointError
+
+MODEL_KEYS = ("name", "width", "groups", "num_classes")  # what fixes the shapes of a network's tensors
+# TrainState fields a checkpoint written before they existed may lack; they restore fresh.
+FRESH_IF_MISSING = ("loss_scale",)
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text[:limit]}"
+
+
+def _path(key: tuple) -> str:
+    return "/".join(map(str, key))
+
 
 class Checkpoints:
     def __init__(self, workdir: str, keep: int | None = None, *, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                               enable_async_checkpointing=not read_only, read_only=read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+                                               enable_async_checkpointing=not read_only, read_only=read_only,
+                                               cleanup_tmp_directories=not read_only)
+        # Handlers named up front, so that a read-only manager can read a checkpoint's tree metadata.
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        self._pending = None  # step of the asynchronous save in flight
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -26,22 +53,125 @@ class Checkpoints:
     def all_steps(self) -> list:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state, meta: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+    def complete_steps(self) -> list:
+        """The steps whose directories are complete on disk now (not the manager's cached list)."""
+        return sorted(ocp.path.step.checkpoint_steps(self.directory)) if os.path.isdir(self.directory) else []
 
-    def restore(self, step: int, target):
-        """(state shaped and sharded like `target`, meta) of checkpoint `step`."""
+    def save(self, step: int, state, meta: dict) -> None:
+        """Start an asynchronous save; a failure of the previous save is raised here, naming its step."""
+        self.wait()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:  # noqa: BLE001 - any failure of the writer is reported the same way
+            raise self._write_error(step, e) from e
+        self._pending = step
+
+    def _write_error(self, step, error: BaseException) -> CheckpointError:
+        good = self.complete_steps()
+        kept = (f"the newest complete checkpoint, step {good[-1]}, is intact" if good else
+                "there is no complete checkpoint yet")
+        return CheckpointError(f"could not write checkpoint step {step} to {self.directory} ({_first_line(error)}); "
+                               f"{kept}. Free disk space or fix the permissions of the workdir, then run again "
+                               f"to resume")
+
+    def meta(self, step: int) -> dict:
+        """The JSON `meta` item of checkpoint `step` (model, dataset, class names, epoch)."""
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as e:  # noqa: BLE001
+            raise self._read_error(step, e) from e
+
+    def _read_error(self, step, error: BaseException) -> CheckpointError:
+        others = [s for s in self.complete_steps() if s != step]
+        return CheckpointError(f"checkpoint step {step} in {self.directory} cannot be read ({_first_line(error)}); "
+                               f"move {self.directory}/{step} out of the way to use "
+                               + (f"step {others[-1]} (available: {others})" if others else "a fresh start"))
+
+    def check_model(self, step: int, model: dict, meta: dict | None = None) -> dict:
+        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's
+        model.* as a dict); returns the checkpoint's meta."""
+        meta = self.meta(step) if meta is None else meta
+        saved = meta.get("model") or {}
+        differ = [k for k in MODEL_KEYS if k in saved and saved[k] != model.get(k)]
+        if differ:
+            raise ConfigError(
+                f"{self.directory} holds checkpoints (newest step {step}) of "
+                + ", ".join(f"model.{k}={saved[k]!r}" for k in differ) + "; this config has "
+                + ", ".join(f"model.{k}={model.get(k)!r}" for k in differ)
+                + ": set the same values to resume or evaluate them, or use another --workdir")
+        return meta
+
+    def restore(self, step: int, target, *, model: dict | None = None):
+        """(state shaped and sharded like `target`, meta) of checkpoint `step`.
+
+        `target` is a state or its abstract shapes (jax.ShapeDtypeStruct with shardings). With
+        `model` (the config's model.*), a checkpoint of another network is refused by name first;
+        any other difference of the saved tree from `target` is refused listing the tensors."""
         if step not in self.manager.all_steps():
-            raise ValueError(f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}")
+            raise ConfigError(f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}")
+        meta = self.meta(step)
+        if model is not None:
+            self.check_model(step, model, meta)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                      meta=ocp.args.JsonRestore()))
-        return restored.state, restored.meta
+        fresh = self._check_structure(step, abstract, meta)
+        restore_target = abstract
+        if fresh:  # an older checkpoint without these fields: restore the rest, keep the target's
+            fields = abstract if isinstance(abstract, dict) else {n: getattr(abstract, n) for n in
+                                                                  abstract.__dataclass_fields__}
+            restore_target = {name: value for name, value in fields.items() if name not in fresh}
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(restore_target)))
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint, whatever the library's error type
+            raise self._read_error(step, e) from e
+        state = restored.state
+        if fresh:
+            state = target.replace(**state) if not isinstance(target, dict) else {**target, **state}
+        return state, meta
+
+    def _check_structure(self, step: int, abstract, meta: dict) -> tuple:
+        """Raise ConfigError naming the tensors that differ between checkpoint `step` and `abstract`;
+        returns the FRESH_IF_MISSING fields the checkpoint lacks."""
+        try:
+            saved = ocp.tree.to_flat_dict(self.manager.item_metadata(step)["state"].tree)
+        except Exception as e:  # noqa: BLE001
+            raise self._read_error(step, e) from e
+        wanted = ocp.tree.to_flat_dict(abstract)
+        fresh = tuple(f for f in FRESH_IF_MISSING
+                      if any(k[0] == f for k in wanted) and not any(k[0] == f for k in saved))
+        missing = [_path(k) for k in wanted if k not in saved and k[0] not in fresh]
+        unexpected = [_path(k) for k in saved if k not in wanted]
+        wrong = [f"{_path(k)}: {tuple(saved[k].shape)} saved, {tuple(wanted[k].shape)} wanted"
+                 for k in wanted if k in saved and tuple(saved[k].shape) != tuple(wanted[k].shape)]
+        if missing or unexpected or wrong:
+            model = meta.get("model") or {}
+            parts = [f"{len(items)} {what} (first: {items[0]})" for what, items in (
+                ("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if items]
+            raise ConfigError(
+                f"checkpoint step {step} in {self.directory} ("
+                + " ".join(f"{k}={model[k]}" for k in MODEL_KEYS if k in model)
+                + ") does not fit this config's training state: " + "; ".join(parts)
+                + ". It was written with other settings (model.*, optimizer.name, ema.decay, init.freeze): "
+                  "use those to resume, or another --workdir")
+        return fresh
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until the save in flight is on disk; raises CheckpointError if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            step, self._pending = self._pending, None
+            raise self._write_error(step, e) from e
+        self._pending = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.wait()
+        except CheckpointError:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - the failure was reported above; it would only repeat
+                pass
+            raise
         self.manager.close()

@@ -34,10 +34,16 @@ def build_optimizer(config, lr_table) -> optax.GradientTransformation:
     return tx
 
 
+def lr_schedule(lr_table):
+    """optax schedule: the rate of update `count` (0-based) from the table of mobilenets_core.schedules,
+    held at its last value past the end (the MindSpore engine's `lr_lookup` is the same)."""
+    table = jnp.asarray(lr_table, jnp.float32)
+    return lambda count: table[jnp.minimum(count, table.shape[0] - 1)]
+
+
 def _optimizer(config, lr_table) -> optax.GradientTransformation:
     o = config.optimizer
-    table = jnp.asarray(lr_table, jnp.float32)
-    schedule = lambda count: table[jnp.minimum(count, table.shape[0] - 1)]  # noqa: E731
+    schedule = lr_schedule(lr_table)
     mask = lambda params: decay_mask(params, o.decay_bn_and_bias)  # noqa: E731
     if o.name == "adamw":
         return optax.adamw(schedule, b1=0.9, b2=0.999, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
@@ -51,3 +57,67 @@ def _optimizer(config, lr_table) -> optax.GradientTransformation:
     if o.weight_decay:
         return optax.chain(optax.masked(optax.add_decayed_weights(o.weight_decay), mask), core)
     return core
+
+
+# ----------------------------------------------------------------------------- loss scale and skipped steps
+# The semantics of mobilenets_ms/mixed_precision.py: the loss is multiplied by the scale before
+# differentiation and the gradients divided by it after; a step whose loss or gradients are not all
+# finite is skipped (parameters, optimizer state, BatchNorm statistics and EMA stay as they were) and
+# counted in `overflow_steps`, while the step number, and with it the data position and the
+# learning-rate index, advances. A dynamic scale (mixed_precision.loss_scale=0) starts at
+# dynamic_init, halves on a skipped step (never below 1) and grows by dynamic_factor after
+# dynamic_window finite steps in a row (MindSpore's DynamicLossScaleUpdateCell rule).
+DYNAMIC_INIT = 2.0 ** 24  # MindSpore's DynamicLossScaleManager defaults
+DYNAMIC_FACTOR = 2.0
+DYNAMIC_WINDOW = 2000
+
+
+class LossScale:
+    """The loss-scale settings of a config; its running state is a small dict inside the TrainState."""
+
+    def __init__(self, config):
+        section = config.get("mixed_precision") or {}
+        get = lambda key, default: default if section.get(key) is None else section.get(key)  # noqa: E731
+        value = float(get("loss_scale", 1.0))
+        if value < 0:
+            raise ValueError(f"mixed_precision.loss_scale={value} must be >= 0 (0 = dynamic)")
+        self.dynamic = value == 0
+        self.initial = float(get("dynamic_init", DYNAMIC_INIT)) if self.dynamic else value
+        self.factor = float(get("dynamic_factor", DYNAMIC_FACTOR))
+        self.window = int(get("dynamic_window", DYNAMIC_WINDOW))
+
+    def init(self) -> dict:
+        return {"scale": jnp.asarray(self.initial, jnp.float32), "good_steps": jnp.zeros((), jnp.int32),
+                "overflow_steps": jnp.zeros((), jnp.int32)}
+
+    def update(self, state: dict, finite) -> dict:
+        """The state after a step whose gradients were all finite (or not)."""
+        overflow_steps = state["overflow_steps"] + jnp.where(finite, 0, 1).astype(jnp.int32)
+        if not self.dynamic:
+            return {**state, "overflow_steps": overflow_steps}
+        good = state["good_steps"] + 1
+        grow = good >= self.window
+        grown = jnp.where(grow, state["scale"] * self.factor, state["scale"])
+        shrunk = jnp.maximum(state["scale"] / self.factor, 1.0)
+        return {"scale": jnp.where(finite, grown, shrunk).astype(jnp.float32),
+                "good_steps": jnp.where(finite & ~grow, good, 0).astype(jnp.int32),
+                "overflow_steps": overflow_steps}
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every element of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
+def keep_unless(finite, new, old):
+    """`new` where `finite`, else `old`, leaf by leaf (no branch: the same program either way)."""
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+def keep_opt_state_unless(finite, new, old):
+    """Like `keep_unless` for an optax state, except that learning-rate schedule counters always
+    advance: the rate index is the step number, skipped steps included (as in the MindSpore engine)."""
+    is_schedule = lambda node: isinstance(node, optax.ScaleByScheduleState)  # noqa: E731
+    return jax.tree_util.tree_map(lambda n, o: n if is_schedule(n) else keep_unless(finite, n, o), new, old,
+                                  is_leaf=is_schedule)

@@ -3,6 +3,10 @@
 One `jax.jit` step over a `Mesh` with a single `data` axis: the batch is sharded over every
 device of every host, the state is replicated, so BatchNorm statistics and gradients are those
 of the global batch (XLA inserts the all-reduces). The state buffers are donated.
+
+A step whose loss or gradients are not finite is never applied (see optimizers.LossScale): with a
+dynamic loss scale it is skipped and counted (`overflow_steps` in metrics.jsonl); otherwise the
+run stops at that step with `NonFiniteLoss`, leaving the checkpoints as they were.
 """
 from __future__ import annotations
 
@@ -22,9 +26,11 @@ from mobilenets_core import metrics as metrics_lib
 from mobilenets_core import schedules
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
+from mobilenets_core.failures import NonFiniteLoss
 from mobilenets_jax import models
 from mobilenets_jax.checkpoints import Checkpoints
-from mobilenets_jax.optimizers import build_optimizer
+from mobilenets_jax.optimizers import (LossScale, all_finite, build_optimizer, keep_opt_state_unless,
+                                       keep_unless)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -37,6 +43,15 @@ class TrainState:
     opt_state: Any
     ema_params: Any  # a copy of params when ema.decay > 0, else an empty dict
     rng: jax.Array
+    loss_scale: Any = None  # {"scale", "good_steps", "overflow_steps"}, see optimizers.LossScale
+
+
+def check_batch_sizes(config) -> None:
+    """Both global batch sizes must split evenly over every device of every host."""
+    for key, size in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
+        if size % jax.device_count():
+            raise ConfigError(f"{key}={size} is not divisible by the {jax.device_count()} devices; "
+                              f"use a multiple of {jax.device_count()}")
 
 
 def initialize_distributed() -> None:
@@ -70,13 +85,11 @@ class Trainer:
                                            frozen_backbone=config.init.freeze == "backbone")
         self.lr = schedules.lr_table(config, steps_per_epoch)
         self.tx = build_optimizer(config, self.lr)
+        self.loss_scale = LossScale(config)
         self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
-        for key, size in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
-            if size % jax.device_count():
-                raise ConfigError(f"{key}={size} is not divisible by the {jax.device_count()} devices; "
-                                  f"use a multiple of {jax.device_count()}")
+        check_batch_sizes(config)
         self.train_step = jax.jit(self._train_step, in_shardings=(self.replicated, self.batch_sharding),
                                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
         self.eval_step = jax.jit(self._eval_step, in_shardings=(self.replicated, self.batch_sharding),
@@ -84,28 +97,43 @@ class Trainer:
 
     def init_state(self, seed: int, variables=None) -> TrainState:
         """Fresh state from `seed`, or from given Flax variables (imported weights)."""
-        size = int(self.config.dataset.image_size)
+        state = jax.jit(self._make_state, out_shardings=self.replicated)(jax.random.PRNGKey(seed), variables)
+        # A program of its own, so that the (large) init program does not depend on these settings.
+        ema, loss_scale = jax.jit(lambda params: (
+            jax.tree_util.tree_map(jnp.copy, params) if self.config.ema.decay > 0 else {}, self.loss_scale.init()),
+            out_shardings=self.replicated)(state.params)
+        return state.replace(ema_params=ema, loss_scale=loss_scale)
 
-        def make(rng, variables):
-            if variables is None:
-                variables = self.module.init(rng, jnp.zeros((1, size, size, 3)), train=False)
-            params = variables["params"]
-            ema = jax.tree_util.tree_map(jnp.copy, params) if self.config.ema.decay > 0 else {}
-            return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                              opt_state=self.tx.init(params), ema_params=ema, rng=jax.random.fold_in(rng, 1))
+    def abstract_state(self, seed: int) -> TrainState:
+        """Shapes, dtypes and shardings of `init_state(seed)` without computing it: a restore target.
+        The loss scale is concrete, for checkpoints written before it was part of the state."""
+        shapes = jax.eval_shape(self._make_state, jax.random.PRNGKey(seed), None)
+        shapes = shapes.replace(ema_params=shapes.params if self.config.ema.decay > 0 else {}, loss_scale={})
+        abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+                                          shapes)
+        return abstract.replace(loss_scale=jax.jit(self.loss_scale.init, out_shardings=self.replicated)())
 
-        return jax.jit(make, out_shardings=self.replicated)(jax.random.PRNGKey(seed), variables)
+    def _make_state(self, rng, variables):
+        if variables is None:
+            size = int(self.config.dataset.image_size)
+            variables = self.module.init(rng, jnp.zeros((1, size, size, 3)), train=False)
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                          opt_state=self.tx.init(params), ema_params={}, rng=jax.random.fold_in(rng, 1))
 
     def _train_step(self, state: TrainState, batch):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
+        scale = state.loss_scale["scale"]
 
         def loss_fn(params):
             logits, updates = self.module.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                                 train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
             loss = cross_entropy(logits, batch["label"], self.num_classes, self.config.loss.label_smoothing).mean()
-            return loss, (logits, updates["batch_stats"])
+            return loss * scale, (loss, logits, updates["batch_stats"])
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (loss, logits, batch_stats)), scaled_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.tree_util.tree_map(lambda g: g / scale, scaled_grads)
+        finite = all_finite(grads) & jnp.isfinite(loss)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -114,9 +142,13 @@ class Trainer:
             ema = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, ema, params)
         metrics = {"loss": loss, "top1": topk_correct(logits, batch["label"], 1).mean(),
                    "top5": topk_correct(logits, batch["label"], 5).mean(),
-                   "lr": jnp.asarray(self.lr)[jnp.minimum(state.step, self.lr.shape[0] - 1)]}
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state, ema_params=ema)
+                   "lr": jnp.asarray(self.lr)[jnp.minimum(state.step, self.lr.shape[0] - 1)], "finite": finite}
+        # A non-finite step changes nothing but the step number and the loss scale.
+        new_state = state.replace(step=state.step + 1, params=keep_unless(finite, params, state.params),
+                                  batch_stats=keep_unless(finite, batch_stats, state.batch_stats),
+                                  opt_state=keep_opt_state_unless(finite, opt_state, state.opt_state),
+                                  ema_params=keep_unless(finite, ema, state.ema_params),
+                                  loss_scale=self.loss_scale.update(state.loss_scale, finite))
         return new_state, metrics
 
     def _eval_step(self, state: TrainState, batch):
@@ -171,8 +203,11 @@ def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
     """(trainer, variables) starting from config.init.weights; the network takes the file's BatchNorm eps."""
     from mobilenets_jax.weights import initial_variables
 
-    fresh = jax.device_get(trainer.module.init(jax.random.PRNGKey(int(config.train.seed)), jnp.zeros(
-        (1, config.dataset.image_size, config.dataset.image_size, 3)), train=False))
+    def fresh():  # only computed for a classifier that is re-initialised
+        size = config.dataset.image_size
+        return jax.device_get(trainer.module.init(jax.random.PRNGKey(int(config.train.seed)),
+                                                  jnp.zeros((1, size, size, 3)), train=False))
+
     variables, bn_eps = initial_variables(config, trainer.module, fresh, say)
     if bn_eps != config.model.bn_eps:
         say(f"model.bn_eps={config.model.bn_eps} -> {bn_eps}, the epsilon the imported weights were trained with")
@@ -181,8 +216,21 @@ def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
     return trainer, variables
 
 
+def _with_checkpoint_eps(config, trainer: Trainer, meta: dict, steps_per_epoch: int) -> Trainer:
+    """The trainer for a restored checkpoint: one started from imported weights trained with another
+    BatchNorm epsilon keeps that epsilon (config.model.bn_eps is set to it)."""
+    bn_eps = (meta.get("model") or {}).get("bn_eps")
+    if bn_eps is None or bn_eps == config.model.bn_eps:
+        return trainer
+    config.model.bn_eps = bn_eps
+    return Trainer(config, steps_per_epoch)
+
+
 class StopOnSignal:
-    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint the current step and return."""
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint the current step and return
+    (after the step, or the evaluation, under way). A second signal does not wait: it restores the
+    previous handlers and raises KeyboardInterrupt (SIGINT) or SystemExit(128 + signal) (SIGTERM),
+    leaving the checkpoints as they were (a save in flight is never picked half-written)."""
 
     def __init__(self):
         self.signal = None
@@ -199,13 +247,25 @@ class StopOnSignal:
 
     def _handle(self, signum, frame):
         del frame
-        self.signal = signum
+        import signal
 
-    def __exit__(self, *exc):
+        if self.signal is None:
+            self.signal = signum
+            return
+        self._restore()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    def _restore(self):
         import signal
 
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
         return False
 
 
@@ -220,8 +280,24 @@ def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
                                    lambda step: signals.signal is not None or (stop is not None and stop(step)))
 
 
+def _model_fields(config) -> dict:
+    return {k: config.model[k] for k in ("name", "width", "groups", "num_classes")}
+
+
+def _check_same_data(checkpoints: Checkpoints, step: int, meta: dict, train_ds) -> None:
+    """Resuming on other classes would silently relabel them: refuse, naming both."""
+    saved = meta.get("class_names")
+    if saved is not None and list(saved) != list(train_ds.class_names):
+        raise ConfigError(f"checkpoint step {step} in {checkpoints.directory} was trained on {meta.get('dataset')!r} "
+                          f"with classes {saved[:10]}{' ...' if len(saved) > 10 else ''}; this config's dataset "
+                          f"{train_ds.name!r} has {train_ds.class_names[:10]}"
+                          f"{' ...' if len(train_ds.class_names) > 10 else ''}: point dataset.* at the same data "
+                          f"to resume, or use another --workdir")
+
+
 def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
     initialize_distributed()
+    check_batch_sizes(config)
     lead = jax.process_index() == 0
     say = print if lead else (lambda *a, **k: None)
     train_ds, val_ds = _datasets(config)
@@ -230,42 +306,70 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
     total_steps = steps_per_epoch * int(config.train.epochs)
     trainer = Trainer(config, steps_per_epoch)
     checkpoints = Checkpoints(workdir, keep=int(config.checkpoint.keep))
-    writer = metrics_lib.MetricsWriter(workdir, enabled=lead)
-    if lead:
-        with open(os.path.join(workdir, "dataset.json"), "w") as f:
-            json.dump({"name": train_ds.name, "class_names": train_ds.class_names,
-                       "num_train": train_ds.num_examples, "num_validation": val_ds.num_examples}, f)
 
+    # Whatever can refuse the run (a checkpoint of another model, data or training state, unreadable
+    # init.weights) is decided before the first write to the workdir.
     latest = checkpoints.latest_step()
     if latest is None and config.init.weights:
         trainer, variables = _imported_start(config, trainer, steps_per_epoch, say)
         state = trainer.init_state(int(config.train.seed), variables)
-    else:
+    elif latest is None:
         state = trainer.init_state(int(config.train.seed))
-    if latest is not None:
-        state, meta = checkpoints.restore(latest, state)
+    else:
+        meta = checkpoints.check_model(latest, _model_fields(config))
+        _check_same_data(checkpoints, latest, meta, train_ds)
+        state, meta = checkpoints.restore(latest, trainer.abstract_state(int(config.train.seed)))
+        trainer = _with_checkpoint_eps(config, trainer, meta, steps_per_epoch)
         say(f"resumed from {checkpoints.directory}/{latest} (step {latest}, epoch {meta['epoch']})")
     start = int(state.step)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=lead)
+    if lead:
+        dropped = metrics_lib.truncate_after(workdir, start)
+        if dropped:
+            say(f"metrics.jsonl: dropped {dropped} line(s) written after step {start}, the step training resumes "
+                f"from (the run was interrupted after them)")
+        with open(os.path.join(workdir, "dataset.json"), "w") as f:
+            json.dump({"name": train_ds.name, "class_names": train_ds.class_names,
+                       "num_train": train_ds.num_examples, "num_validation": val_ds.num_examples}, f)
     say(f"training {config.model.name} width {config.model.width} on {train_ds.name} ({train_ds.num_examples} "
         f"train / {val_ds.num_examples} validation images) for {config.train.epochs} epochs x {steps_per_epoch} "
         f"steps of {batch} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es)")
+    for note in train_ds.notes + val_ds.notes:
+        say(note)
 
     result = None
     for epoch in range(start // steps_per_epoch, int(config.train.epochs)):
         first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
         epoch_watch, log_watch = metrics_lib.Stopwatch(), metrics_lib.Stopwatch()
-        epoch_sums, log_sums, log_steps = None, None, 0
+        epoch_sums, log_sums, log_steps, finite_steps, epoch_overflows = None, None, 0, 0, 0
         bar = _progress(steps_per_epoch, first, f"epoch {epoch + 1}") if lead else None
         for local in train_ds.train_batches(batch, epoch=epoch, start_step=first):
             state, step_metrics = trainer.train_step(state, trainer.to_global(local))
-            epoch_sums = step_metrics if epoch_sums is None else jax.tree_util.tree_map(jnp.add, epoch_sums, step_metrics)
-            log_sums = step_metrics if log_sums is None else jax.tree_util.tree_map(jnp.add, log_sums, step_metrics)
+            finite = bool(step_metrics.pop("finite"))
+            step = int(state.step)
+            if not finite and not trainer.loss_scale.dynamic:
+                _stop_on_non_finite(step_metrics, step, epoch, checkpoints, writer, bar)
+            epoch_overflows += not finite
+            if finite:  # means are over the steps that were applied
+                epoch_sums = step_metrics if epoch_sums is None else jax.tree_util.tree_map(jnp.add, epoch_sums,
+                                                                                            step_metrics)
+                log_sums = step_metrics if log_sums is None else jax.tree_util.tree_map(jnp.add, log_sums, step_metrics)
+                finite_steps += 1
             log_steps += 1
             if bar is not None:
                 bar.update(1)
-            step = int(state.step)
-            if stop(step):
+            stopping = stop(step)
+            if step % int(config.train.log_every_steps) == 0 or step % steps_per_epoch == 0 or stopping:
+                seconds = log_watch.lap()
+                means = {k: float(v) / finite_steps for k, v in jax.device_get(log_sums).items()} if log_sums else \
+                    {k: float("nan") for k in ("loss", "top1", "top5")}
+                means["lr"] = float(step_metrics["lr"])
+                writer.write({"step": step, "epoch": epoch + 1, "split": "train", **means,
+                              "images_per_sec": log_steps * batch / seconds, "step_ms": 1000 * seconds / log_steps,
+                              "overflow_steps": int(state.loss_scale["overflow_steps"])})
+                log_sums, log_steps, finite_steps = None, 0, 0
+            if stopping:
                 if bar is not None:
                     bar.close()
                 checkpoints.save(step, state, _meta(config, train_ds, epoch + 1))
@@ -273,24 +377,23 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
                 writer.close()
                 say(f"stopped at step {step}; checkpoint saved, run again to resume")
                 return None
-            if step % int(config.train.log_every_steps) == 0 or step % steps_per_epoch == 0:
-                seconds = log_watch.lap()
-                means = {k: float(v) / log_steps for k, v in jax.device_get(log_sums).items()}
-                means["lr"] = float(step_metrics["lr"])
-                writer.write({"step": step, "epoch": epoch + 1, "split": "train", **means,
-                              "images_per_sec": log_steps * batch / seconds, "step_ms": 1000 * seconds / log_steps})
-                if not np.isfinite(means["loss"]):
-                    raise FloatingPointError(f"loss is {means['loss']} at step {step}; the last good checkpoint is "
-                                             f"step {checkpoints.latest_step()}")
-                log_sums, log_steps = None, 0
         if bar is not None:
             bar.close()
         epoch_seconds = epoch_watch.lap()
         steps_done = steps_per_epoch - first
-        avg_loss = float(epoch_sums["loss"]) / steps_done if epoch_sums is not None else float("nan")
-        say(metrics_lib.epoch_line(epoch + 1, epoch_seconds, steps_done, avg_loss))
+        applied = steps_done - epoch_overflows
+        avg_loss = float(epoch_sums["loss"]) / applied if epoch_sums is not None else float("nan")
+        line = metrics_lib.epoch_line(epoch + 1, epoch_seconds, steps_done, avg_loss)
+        if trainer.loss_scale.dynamic or trainer.loss_scale.initial != 1.0 or epoch_overflows:
+            line += (f", overflow steps: {epoch_overflows} (run total "
+                     f"{int(state.loss_scale['overflow_steps'])})")
+        say(line)
+        repaired = train_ds.take_report()
+        if repaired:
+            say(repaired)
         last = epoch + 1 == int(config.train.epochs)
-        if (epoch + 1) % int(config.checkpoint.every_epochs) == 0 or last:
+        saved = (epoch + 1) % int(config.checkpoint.every_epochs) == 0 or last
+        if saved:
             checkpoints.save(int(state.step), state, _meta(config, train_ds, epoch + 1))
         if (epoch + 1) % int(config.eval.every_epochs) == 0 or last:
             checkpoints.wait()  # TFDS reads racing Orbax's finalisation once lost a save; finish it first
@@ -299,7 +402,11 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
                           "top1": result["top1"], "top5": result["top5"], "lr": float(trainer.lr[min(
                               int(state.step), total_steps) - 1]), "images_per_sec": result["images_per_sec"],
                           "step_ms": 0.0})
-            say(metrics_lib.eval_line(result, f"{checkpoints.directory}/{int(state.step)}"))
+            say(metrics_lib.eval_line(result, f"{checkpoints.directory}/{int(state.step)}" if saved
+                                       else "(not saved this epoch)"))
+            repaired = val_ds.take_report()
+            if repaired:
+                say(repaired)
         start = int(state.step)
     checkpoints.close()
     writer.close()
@@ -308,42 +415,70 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
     return result
 
 
-def evaluate(config, workdir: str) -> dict:
-    """Restore the newest checkpoint (or eval.checkpoint) of `workdir` and evaluate the validation split."""
-    initialize_distributed()
-    checkpoints = Checkpoints(workdir, read_only=True)
-    step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
-    if step is None:
-        raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first (--mode=train) or point "
-                          f"--workdir at a training run")
-    train_ds, val_ds = _datasets(config)
-    trainer = Trainer(config, train_ds.steps_per_epoch(int(config.train.batch_size)))
-    state, meta = checkpoints.restore(int(step), trainer.init_state(int(config.train.seed)))
-    result = trainer.evaluate(state, val_ds)
-    if jax.process_index() == 0:
-        metrics_lib.MetricsWriter(workdir, tensorboard=False).write(
-            {"step": int(step), "epoch": meta["epoch"], "split": "eval", "loss": result["loss"], "top1": result["top1"],
-             "top5": result["top5"], "lr": 0.0, "images_per_sec": result["images_per_sec"], "step_ms": 0.0,
-             "mode": "eval"})
-        print(metrics_lib.eval_line(result, f"{checkpoints.directory}/{int(step)}"))
+def _stop_on_non_finite(step_metrics, step: int, epoch: int, checkpoints: Checkpoints, writer, bar):
+    """Without a dynamic loss scale a non-finite step ends the run: the step was not applied, a save
+    in flight is finished, nothing later is saved, and the message names the step."""
+    if bar is not None:
+        bar.close()
+    writer.close()
     checkpoints.close()
+    good = checkpoints.complete_steps()
+    raise NonFiniteLoss(
+        f"loss is {float(step_metrics['loss'])} at step {step} (epoch {epoch + 1}): the loss or gradients of this "
+        f"step are not finite, so it was not applied and training stopped; "
+        + (f"the newest checkpoint, step {good[-1]}, is intact" if good else "no checkpoint was written yet")
+        + ". Lower optimizer.learning_rate or check the data, or set mixed_precision.loss_scale=0 to skip such "
+          "steps with a dynamic loss scale")
+
+
+def restore_for_inference(config, workdir: str):
+    """(trainer, state, step, meta) of what --mode=eval/predict evaluates: checkpoint eval.checkpoint,
+    else the newest of `workdir`, or, when the workdir has none, the weights of config.init.weights
+    (step None; a file from either engine, timm, or another JAX workdir)."""
+    checkpoints = Checkpoints(workdir, read_only=True)
+    try:
+        step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
+        if step is None and not config.init.weights:
+            raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first (--mode=train), point "
+                              f"--workdir at a training run, or name weights with --config.init.weights=FILE")
+        if step is None:
+            config = config.copy_and_resolve_references()
+            trainer, variables = _imported_start(config, Trainer(config, 1), 1,
+                                                 print if jax.process_index() == 0 else (lambda *a: None))
+            return trainer, trainer.init_state(int(config.train.seed), variables), None, {"epoch": None}
+        trainer = Trainer(config, 1)
+        state, meta = checkpoints.restore(int(step), trainer.abstract_state(int(config.train.seed)),
+                                          model=_model_fields(config))
+        return _with_checkpoint_eps(config.copy_and_resolve_references(), trainer, meta, 1), state, int(step), meta
+    finally:
+        checkpoints.close()
+
+
+def evaluate(config, workdir: str) -> dict:
+    """Evaluate the validation split with what `restore_for_inference` finds: Loss, Top-1, Top-5
+    over every example once."""
+    initialize_distributed()
+    trainer, state, step, meta = restore_for_inference(config, workdir)
+    _, val_ds = _datasets(config)
+    result = trainer.evaluate(state, val_ds)
+    source = f"{Checkpoints(workdir, read_only=True).directory}/{step}" if step is not None else config.init.weights
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        metrics_lib.MetricsWriter(workdir, tensorboard=False).write(
+            {"step": step or 0, "epoch": meta["epoch"], "split": "eval", "loss": result["loss"],
+             "top1": result["top1"], "top5": result["top5"], "lr": 0.0, "images_per_sec": result["images_per_sec"],
+             "step_ms": 0.0, "mode": "eval", "engine": "jax", "weights": source})
+        print(metrics_lib.eval_line(result, source))
     return result
 
 
 def predict(config, workdir: str) -> list:
-    """Top-k classes of predict.inputs with the newest checkpoint (or eval.checkpoint) of `workdir`."""
+    """Top-k classes of predict.inputs with what --mode=eval would evaluate (see `restore_for_inference`)."""
     from mobilenets_core import predict as predict_lib
 
     predict_lib.collect_inputs(config.predict.inputs)  # a bad input spec fails before any work
-    checkpoints = Checkpoints(workdir, read_only=True)
-    step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
-    if step is None:
-        raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first or point --workdir at a run")
-    trainer = Trainer(config, 1)
-    state, _ = checkpoints.restore(int(step), trainer.init_state(int(config.train.seed)))
-    checkpoints.close()
+    trainer, state, _, _ = restore_for_inference(config, workdir)
     params = state.ema_params if config.ema.decay > 0 else state.params
     apply = jax.jit(lambda images: trainer.module.apply({"params": params, "batch_stats": state.batch_stats},
                                                         images, train=False))
     return predict_lib.run(config, workdir, lambda batch: np.asarray(apply(jnp.asarray(batch))))
-

@@ -96,9 +96,15 @@ def read_workdir(path: str) -> tuple[dict, dict]:
     step = checkpoints.latest_step()
     if step is None:
         raise ConfigError(f"init.weights={path!r}: no checkpoint in {checkpoints.directory}")
-    restored = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                        meta=ocp.args.JsonRestore()))
-    checkpoints.close()
+    try:
+        restored = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                            meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint, whatever the library's error type
+        reason = " ".join(str(e).split())[:300]
+        raise ConfigError(f"init.weights={path!r}: checkpoint step {step} in {checkpoints.directory} cannot be read "
+                          f"({type(e).__name__}: {reason})") from None
+    finally:
+        checkpoints.close()
     model = restored.meta["model"]
     arch = specs.build_architecture(model["name"], model["width"], model["groups"], model["num_classes"])
     variables = {"params": restored.state["params"], "batch_stats": restored.state["batch_stats"]}
@@ -107,7 +113,10 @@ def read_workdir(path: str) -> tuple[dict, dict]:
 
 def initial_variables(config, module, fresh_variables, say=print):
     """Flax variables for `module` from config.init.weights: the file's tensors where they fit, the
-    fresh ones for a classifier of another class count. Updates config.model.bn_eps to the file's."""
+    fresh ones for a classifier of another class count. Updates config.model.bn_eps to the file's.
+
+    `fresh_variables` (Flax variables, or a function returning them) is only used, and only called,
+    when the classifier is re-initialised: a file that does not fit is refused before that work."""
     from mobilenets_core import weight_files
 
     path = config.init.weights
@@ -115,11 +124,13 @@ def initial_variables(config, module, fresh_variables, say=print):
     if os.path.isdir(path):
         state, model = read_workdir(path)
         bn_eps, kind = float(model["bn_eps"]), "JAX workdir"
+        weight_files.check_same_network(path, model, state, arch, "by its checkpoint metadata")
     else:
         state, bn_eps, kind = weight_files.read(path, arch)
     fitted, reinit = weight_files.fit(state, arch, f"init.weights={path}")
-    fresh = to_canonical(fresh_variables, arch)
-    fitted.update({name: fresh[name] for name in reinit})
+    if reinit:
+        fresh = to_canonical(fresh_variables() if callable(fresh_variables) else fresh_variables, arch)
+        fitted.update({name: fresh[name] for name in reinit})
     say(f"initialised from {kind} {path} ({len(fitted) - len(reinit)} tensors)"
         + (f"; classifier re-initialised for {arch.head.num_classes} classes "
            f"(the file has {state['classifier.weight'].shape[0] if 'classifier.weight' in state else 'none'})"

@@ -5,6 +5,11 @@ The rules that make a run reproducible on any number of hosts and on either engi
 - an example's augmentation depends on (train.seed, epoch, example index) only;
 - the global batch of step s is order[s * B:(s + 1) * B]; a host takes its contiguous rows.
 So resuming at step s needs no state but (epoch, s), and skipped steps are never decoded.
+
+A record that cannot be decoded (preprocess.BadImage) becomes a gray placeholder image with its
+label, counted in `decode_report` and listed in the log, so one bad file neither stops a week-long
+run nor shifts the batches of every later step. Many bad files are not an accident: when more than
+MAX_BAD_FRACTION of the images decoded in a pass (and more than MAX_BAD_IMAGES) fail, the run stops.
 """
 from __future__ import annotations
 
@@ -15,12 +20,14 @@ import os
 
 import numpy as np
 
+from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import preprocess
 from mobilenets_core.data.sources import SPLITS, DigitsSource, FolderSource, Source
 
 # Domain tags keep the order stream and the augmentation streams independent.
 _ORDER_STREAM, _AUGMENT_STREAM = 0x0D3E, 0xA06E
 PREFETCH_BATCHES = 2  # batches being decoded ahead of the one handed out
+MAX_BAD_FRACTION, MAX_BAD_IMAGES = 0.1, 10
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,7 +73,7 @@ class Dataset:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index!r} must be in [0, {process_count})")
         if not isinstance(image_size, int) or image_size < 8:
-            raise ValueError(f"dataset.image_size={image_size!r} must be an integer >= 8")
+            raise ConfigError(f"dataset.image_size={image_size!r} must be an integer >= 8")
         self._source = source
         self.name, self.split = source.name, source.split
         self.num_examples = source.num_examples
@@ -74,6 +81,14 @@ class Dataset:
         self.image_size = image_size
         self.seed = seed
         self.process_index, self.process_count = process_index, process_count
+        self.decode_report = preprocess.DecodeReport()
+        self.notes = list(getattr(source, "notes", []))  # what the source skipped while listing files
+
+    def take_report(self) -> str | None:
+        """One line of what decoding repaired since the last call (None if nothing), then reset."""
+        line = self.decode_report.summary()
+        self.decode_report.reset()
+        return f"{self.name} {self.split}: {line}" if line else None
 
     def __repr__(self):
         return (f"Dataset({self.name!r}, split={self.split!r}, num_examples={self.num_examples}, "
@@ -94,11 +109,11 @@ class Dataset:
         if not isinstance(global_batch, (int, np.integer)) or global_batch < 1:
             raise ValueError(f"global batch size {global_batch!r} must be a positive integer")
         if global_batch % self.process_count:
-            raise ValueError(f"global batch size {global_batch} is not divisible by process_count="
-                             f"{self.process_count}; use a multiple of {self.process_count}")
+            raise ConfigError(f"global batch size {global_batch} is not divisible by process_count="
+                              f"{self.process_count}; use a multiple of {self.process_count}")
         if drop_remainder and global_batch > self.num_examples:
-            raise ValueError(f"global batch size {global_batch} is larger than the {self.split} split of "
-                             f"{self.name} ({self.num_examples} examples): an epoch would have no step")
+            raise ConfigError(f"global batch size {global_batch} is larger than the {self.split} split of "
+                              f"{self.name} ({self.num_examples} examples): an epoch would have no step")
         return global_batch // self.process_count
 
     def steps_per_epoch(self, global_batch: int) -> int:
@@ -137,10 +152,28 @@ class Dataset:
         pool = _decode_pool()
         preprocess_one = functools.partial(preprocess.preprocess, size=self.image_size, train=train,
                                            small=self._source.small_images, flip=self._source.flip)
+        report = self.decode_report
+        placeholder = np.broadcast_to(np.round(preprocess.NORMALIZE_MEAN).astype(np.uint8),
+                                      (self.image_size, self.image_size, 3))
+        seen, bad_here = [0], []  # images decoded in this pass, and the bad ones among them
 
         def work(record, index):
             rng = example_rng(self.seed, epoch, index) if train else None
-            return preprocess_one(record, rng=rng)
+            try:
+                return preprocess_one(record, rng=rng, report=report)
+            except preprocess.BadImage as e:
+                report.add_bad(preprocess.describe_record(record), str(e))
+                bad_here.append((preprocess.describe_record(record), str(e)))  # list.append is atomic
+                return placeholder
+
+        def check_bad(rows):
+            seen[0] += rows
+            bad = len(bad_here)
+            if bad > MAX_BAD_IMAGES and bad > MAX_BAD_FRACTION * seen[0]:
+                what, reason = bad_here[-1]
+                raise ConfigError(f"{bad} of the last {seen[0]} images of {self.name} {self.split} could not be "
+                                  f"decoded (latest: {what}: {reason}); fix or remove those files, or check "
+                                  f"that dataset.path / dataset.name point at image data")
 
         def submit(step):
             positions = step * global_batch + first_row + np.arange(local)
@@ -155,6 +188,7 @@ class Dataset:
             rows = np.flatnonzero(valid)
             for row, future in zip(rows, futures):  # each result lands in its own row
                 images[row] = future.result()
+            check_bad(len(rows))
             batch = {"image": preprocess.normalize(images), "label": np.zeros((local,), np.int32)}
             batch["label"][rows] = labels
             if not train:
@@ -186,7 +220,7 @@ def build_dataset(config, split: str, *, process_index: int = 0, process_count: 
     data = config.dataset
     name = data.name
     if not name:
-        raise ValueError("dataset.name is empty; use 'digits', 'folder' or a TFDS name such as 'imagenet2012'")
+        raise ConfigError("dataset.name is empty; use 'digits', 'folder' or a TFDS name such as 'imagenet2012'")
     if name == "digits":
         source = DigitsSource(split)
     elif name == "folder":

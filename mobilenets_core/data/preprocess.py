@@ -11,15 +11,23 @@ Two policies, chosen per source by its image size (`is_small_image`):
 - small images (digits, MNIST, CIFAR): resize to image_size; train adds a zero-padded random
   crop (pad image_size / 8) + optional flip.
 Resampling is PIL bilinear (antialiased when downscaling, as torchvision/timm's PIL path).
+
+Files as they come: every mode is converted to 8-bit RGB (grayscale, palette, RGBA and LA drop
+alpha, CMYK, 16-bit grayscale scaled by 1/257); a truncated JPEG or PNG decodes as far as its data
+goes (the rest gray, as PIL fills it); anything that cannot be decoded at all raises `BadImage`,
+which the dataset turns into a placeholder and counts (dataset.py). A `DecodeReport` passed in
+counts all of this for the log.
 """
 from __future__ import annotations
 
+import collections
 import io
 import math
 import os
+import threading
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # ImageNet RGB statistics on the 0-255 scale (torchvision / timm / MindSpore model zoo).
 NORMALIZE_MEAN = np.array([0.485 * 255, 0.456 * 255, 0.406 * 255], dtype=np.float32)
@@ -33,6 +41,60 @@ SMALL_IMAGE_MAX_SIDE = 64  # sources whose images are smaller than this use the 
 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the crop is downscaled at least that much
 # anyway (PIL's `draft`); deterministic, and 2-4x faster on ImageNet-size JPEGs.
 JPEG_DRAFT = True
+
+
+class BadImage(ValueError):
+    """A record that is not a decodable image (not an image file, corrupt beyond its header, empty)."""
+
+
+class DecodeReport:
+    """Thread-safe counts of what decoding had to repair: converted modes, truncated and bad files."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.converted = collections.Counter()  # source mode -> images converted to RGB
+            self.truncated = []  # descriptions of truncated files decoded partially
+            self.bad = []  # (description, reason) of records replaced by a placeholder
+
+    def add_converted(self, mode: str) -> None:
+        with self._lock:
+            self.converted[mode] += 1
+
+    def add_truncated(self, what: str) -> None:
+        with self._lock:
+            self.truncated.append(what)
+
+    def add_bad(self, what: str, reason: str) -> None:
+        with self._lock:
+            self.bad.append((what, reason))
+
+    def summary(self) -> str | None:
+        """One line of everything counted since the last reset, or None if nothing happened."""
+        with self._lock:
+            parts = []
+            if self.bad:  # "first" in name order: threads decode in any order
+                what, reason = min(self.bad)
+                parts.append(f"{len(self.bad)} unreadable image(s) replaced by a gray placeholder (first: {what}: "
+                             f"{reason})")
+            if self.truncated:
+                parts.append(f"{len(self.truncated)} truncated image(s) decoded partially "
+                             f"(first: {min(self.truncated)})")
+            if self.converted:
+                modes = ", ".join(f"{mode}: {n}" for mode, n in sorted(self.converted.items()))
+                parts.append(f"{sum(self.converted.values())} image(s) converted to 8-bit RGB ({modes})")
+            return "; ".join(parts) or None
+
+
+def describe_record(record) -> str:
+    if isinstance(record, (str, os.PathLike)):
+        return os.fspath(record)
+    if isinstance(record, (bytes, bytearray, memoryview)):
+        return f"<{len(record)} encoded bytes>"
+    return f"<{type(record).__name__}>"
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
@@ -72,7 +134,64 @@ def _draft(image: Image.Image, needed_width: int, needed_height: int) -> tuple:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """8-bit RGB of any PIL mode; 16- and 32-bit integer grayscale is scaled (65535 -> 255), not clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit PNG) and I (32-bit)
+        values = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        values = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.round(values * (255.0 if values.max(initial=0) <= 1 else 1.0)),
+                                        0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+# A file whose data ends early decodes as far as it goes when PIL's module-wide flag is set. Only
+# files found truncated (`_looks_truncated`) are decoded under it, one at a time.
+_TRUNCATED_LOCK = threading.Lock()
+
+
+def _looks_truncated(data: bytes) -> bool:
+    """True if a JPEG lacks its end-of-image marker or a PNG its IEND chunk."""
+    if data[:3] == b"\xff\xd8\xff":
+        return not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-16:]
+    return False
+
+
+def _decode(record, report: DecodeReport | None):
+    """(lazy PIL image, raw bytes or None), checked for a sane size; BadImage if it is no image."""
+    data = None
+    if isinstance(record, (str, os.PathLike)):
+        with open(record, "rb") as f:
+            data = f.read()
+    elif isinstance(record, (bytes, bytearray, memoryview)):
+        data = bytes(record)
+    try:
+        image = open_image(data if data is not None else record)
+    except UnidentifiedImageError:
+        raise BadImage("not an image (no known image format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise BadImage(f"not an image ({type(e).__name__}: {str(e)[:120]})") from None
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > (Image.MAX_IMAGE_PIXELS or 1 << 62):
+        raise BadImage(f"claims {width}x{height} pixels; a corrupt header")
+    if data is not None and _looks_truncated(data):
+        with _TRUNCATED_LOCK:
+            previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+            try:
+                image.load()
+            except (OSError, ValueError, SyntaxError, EOFError) as e:
+                raise BadImage(f"truncated and undecodable ({type(e).__name__}: {str(e)[:120]})") from None
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        if report is not None:
+            report.add_truncated(describe_record(record))
+    if report is not None and image.mode != "RGB" and data is not None:
+        report.add_converted(image.mode)
+    return image
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -173,13 +292,19 @@ def small_eval(image: Image.Image, size: int) -> np.ndarray:
 
 
 def preprocess(record, *, size: int, train: bool, small: bool, flip: bool,
-               rng: np.random.Generator | None = None) -> np.ndarray:
-    """Decode one record and apply the policy; returns uint8 (size, size, 3)."""
-    image = open_image(record)
-    if train:
-        if rng is None:
-            raise ValueError("training preprocessing needs a per-example random generator")
-        out = small_train(image, size, rng, flip) if small else imagenet_train(image, size, rng, flip)
-    else:
-        out = small_eval(image, size) if small else imagenet_eval(image, size)
+               rng: np.random.Generator | None = None, report: DecodeReport | None = None) -> np.ndarray:
+    """Decode one record and apply the policy; returns uint8 (size, size, 3).
+
+    Raises BadImage if the record is not a decodable image; conversions and truncated files are
+    counted in `report`."""
+    if train and rng is None:
+        raise ValueError("training preprocessing needs a per-example random generator")
+    image = _decode(record, report)
+    try:
+        if train:
+            out = small_train(image, size, rng, flip) if small else imagenet_train(image, size, rng, flip)
+        else:
+            out = small_eval(image, size) if small else imagenet_eval(image, size)
+    except (OSError, SyntaxError, EOFError) as e:  # PIL decodes lazily: broken data surfaces here
+        raise BadImage(f"corrupt image data ({type(e).__name__}: {str(e)[:120]})") from None
     return np.ascontiguousarray(out)

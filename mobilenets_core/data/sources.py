@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import preprocess
 
 SPLITS = ("train", "validation")
@@ -98,13 +99,31 @@ def folder_class_names(root: str) -> list:
 
 
 def _list_images(split_dir: str, class_names: list) -> tuple:
-    paths, labels = [], []
+    """(paths, labels, {class: count of other files skipped}, [classes without images])."""
+    paths, labels, skipped, empty = [], [], {}, []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(split_dir, name)
-        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        entries = sorted(e.name for e in os.scandir(class_dir) if e.is_file())
+        files = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if len(files) < len(entries):
+            skipped[name] = len(entries) - len(files)
+        if not files:
+            empty.append(name)
         paths.extend(os.path.join(class_dir, f) for f in files)
         labels.extend([label] * len(files))
-    return paths, np.asarray(labels, dtype=np.int32)
+    return paths, np.asarray(labels, dtype=np.int32), skipped, empty
+
+
+def _first_size(paths: list) -> tuple:
+    """(width, height) of the first decodable image among the first few (one bad file must not decide)."""
+    for path in paths[:32]:
+        try:
+            return preprocess.open_image(path).size
+        except (OSError, ValueError, SyntaxError, EOFError):
+            continue
+    split_dir = os.path.dirname(os.path.dirname(paths[0]))
+    raise ConfigError(f"none of the first {min(len(paths), 32)} images under {split_dir} can be decoded "
+                      f"(first: {paths[0]}); is dataset.path a folder of images?")
 
 
 class FolderSource(Source):
@@ -112,34 +131,43 @@ class FolderSource(Source):
 
     def __init__(self, path: str | None, split: str):
         if not path:
-            raise ValueError("dataset.name='folder' needs dataset.path: the directory holding "
-                             "train/<class>/*.jpg and validation/<class>/*.jpg")
+            raise ConfigError("dataset.name='folder' needs dataset.path: the directory holding "
+                              "train/<class>/*.jpg and validation/<class>/*.jpg")
         if not os.path.isdir(path):
-            raise ValueError(f"dataset.path={path!r} does not exist or is not a directory")
+            raise ConfigError(f"dataset.path={path!r} does not exist or is not a directory")
         split_dirs = {s: os.path.join(path, s) for s in SPLITS}
         for s in ("train", split):
             if not os.path.isdir(split_dirs[s]):
-                raise ValueError(f"dataset.path={path!r} has no {s}/ directory; expected "
-                                 f"{path}/train/<class>/ and {path}/validation/<class>/")
+                raise ConfigError(f"dataset.path={path!r} has no {s}/ directory; expected "
+                                  f"{path}/train/<class>/ and {path}/validation/<class>/")
         class_names = _list_classes(split_dirs["train"])
         if not class_names:
-            raise ValueError(f"{split_dirs['train']} holds no class directories")
+            raise ConfigError(f"{split_dirs['train']} holds no class directories")
         if split != "train":
             found = _list_classes(split_dirs[split])
             if found != class_names:
                 missing = sorted(set(class_names) - set(found))
                 extra = sorted(set(found) - set(class_names))
-                raise ValueError(f"classes of {split_dirs[split]} differ from train/: "
-                                 f"missing {missing}, not in train {extra}")
-        self._paths, self._labels = _list_images(split_dirs[split], class_names)
+                raise ConfigError(f"classes of {split_dirs[split]} differ from train/: "
+                                  f"missing {missing}, not in train {extra}")
+        self._paths, self._labels, skipped, empty = _list_images(split_dirs[split], class_names)
         if not self._paths:
-            raise ValueError(f"{split_dirs[split]} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
-        # the policy follows the source's image size, judged on the first training image
+            raise ConfigError(f"{split_dirs[split]} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+        if empty and split == "train":  # a class the network would be asked to predict but never see
+            raise ConfigError(f"{split_dirs['train']}/{empty[0]}/ holds no {'/'.join(IMAGE_EXTENSIONS)} images"
+                              + (f" (nor do {len(empty) - 1} other class folders: {empty[1:6]})" if len(empty) > 1
+                                 else "") + "; add images or remove the folder")
+        self.notes = []
+        if empty:
+            self.notes.append(f"{split_dirs[split]}: {len(empty)} class folder(s) without images: {empty[:10]}")
+        if skipped:
+            self.notes.append(f"{split_dirs[split]}: skipped {sum(skipped.values())} file(s) that are not "
+                              f"{'/'.join(IMAGE_EXTENSIONS)} (in {sorted(skipped)[:10]})")
+        # the policy follows the source's image size, judged on the first decodable training image
         train_paths = self._paths if split == "train" else _list_images(split_dirs["train"], class_names)[0]
         if not train_paths:
-            raise ValueError(f"{split_dirs['train']} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
-        first = train_paths[0]
-        width, height = preprocess.open_image(first).size
+            raise ConfigError(f"{split_dirs['train']} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+        width, height = _first_size(train_paths)
         super().__init__("folder", split, len(self._paths), class_names,
                          small_images=preprocess.is_small_image(height, width), flip=True)
 

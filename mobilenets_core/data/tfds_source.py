@@ -18,6 +18,7 @@ import threading
 
 import numpy as np
 
+from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import preprocess
 from mobilenets_core.data.sources import Source
 
@@ -45,12 +46,12 @@ class TfdsSource(Source):
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
-            raise ValueError(f"dataset.name={name!r} is neither 'digits', 'folder' nor a registered TFDS "
-                             f"dataset (see tfds.list_builders()): {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"dataset.name={name!r} is neither 'digits', 'folder' nor a registered TFDS "
+                              f"dataset (see tfds.list_builders()): {str(e).splitlines()[0]}") from None
         features = builder.info.features
         if "image" not in features.keys() or "label" not in features.keys():
-            raise ValueError(f"TFDS dataset {name!r} has features {sorted(features.keys())}; "
-                             "an image classification dataset with 'image' and 'label' is needed")
+            raise ConfigError(f"TFDS dataset {name!r} has features {sorted(features.keys())}; "
+                              "an image classification dataset with 'image' and 'label' is needed")
         self._builder = builder
         known_splits = set(builder.info.splits.keys())
         if split == "train":
@@ -58,14 +59,14 @@ class TfdsSource(Source):
         else:  # datasets without a validation split (cifar10, mnist) validate on test
             self.tfds_split = "validation" if "validation" in known_splits else "test"
         if known_splits and self.tfds_split not in known_splits:
-            raise ValueError(f"TFDS dataset {name!r} has no {self.tfds_split!r} split; it has {sorted(known_splits)}")
+            raise ConfigError(f"TFDS dataset {name!r} has no {self.tfds_split!r} split; it has {sorted(known_splits)}")
         try:
             full = self._as_dataset(self.tfds_split)
         except AssertionError:  # TFDS's way of saying the files are not there
-            raise ValueError(f"TFDS dataset {name!r} is not prepared in data_dir={str(builder.data_dir_root)!r} "
-                             f"(no files at {builder.data_dir}); download=False here, so prepare it first: "
-                             f"`tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'}` "
-                             "(imagenet2012 also needs the manual download in <data_dir>/downloads/manual)") from None
+            raise ConfigError(f"TFDS dataset {name!r} is not prepared in data_dir={str(builder.data_dir_root)!r} "
+                              f"(no files at {builder.data_dir}); download=False here, so prepare it first: "
+                              f"`tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'}` "
+                              "(imagenet2012 also needs the manual download in <data_dir>/downloads/manual)") from None
         num_examples = int(full.cardinality())
         if num_examples < 0:  # unknown cardinality: trust the metadata
             num_examples = builder.info.splits[self.tfds_split].num_examples

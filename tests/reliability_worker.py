@@ -1,0 +1,89 @@
+"""A training run in its own process, for tests that interrupt it (tests/test_reliability.py).
+
+    python tests/reliability_worker.py DATA WORKDIR OVERRIDES_JSON [--kill-in-save=STEP]
+
+trains `reliability_config(DATA, OVERRIDES)` in WORKDIR with the JAX engine, and prints one line
+`exit step=<n>` when train_and_evaluate returns. With --kill-in-save=STEP the process SIGKILLs
+itself inside the save of checkpoint STEP, after every file of it is written and before Orbax
+commits it (renames `<STEP>.orbax-checkpoint-tmp` to `<STEP>`): the worst moment to die.
+JAX_COMPILATION_CACHE_DIR in the environment lets the runs share compiled programs.
+"""
+import json
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS = 4, 32, 8
+
+
+def write_tiny_folder(root: str) -> str:
+    """train/ and validation/ of 4 classes of 32x32 PNG digits (128 + 32 images); returns root."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts = {}
+    for image, label in zip(digits.images, digits.target):
+        if label >= CLASSES:
+            continue
+        n = counts.get(label, 0)
+        if n >= TRAIN_PER_CLASS + VALIDATION_PER_CLASS:
+            continue
+        counts[label] = n + 1
+        split = "train" if n < TRAIN_PER_CLASS else "validation"
+        folder = os.path.join(root, split, f"digit_{label}")
+        os.makedirs(folder, exist_ok=True)
+        pixels = np.round(image * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32), Image.NEAREST).save(os.path.join(folder, f"{n:03d}.png"))
+    return root
+
+
+def reliability_config(data: str, overrides: dict | None = None):
+    """MobileNetV1 0.25 at 32 px on the tiny folder: 4 steps of 32 per epoch, 3 epochs, a checkpoint
+    and a metrics line at every step's end where asked; the same program in every test that uses it."""
+    from tests.helpers import tiny_train_config
+
+    config = tiny_train_config(**{"model.name": "mobilenet_v1", "model.width": 0.25, "model.num_classes": CLASSES,
+                                  "train.batch_size": 32, "train.epochs": 3, "train.log_every_steps": 1,
+                                  "eval.batch_size": 32, "eval.every_epochs": 3, "checkpoint.keep": 10})
+    config.dataset.name, config.dataset.path = "folder", data
+    for key, value in (overrides or {}).items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config
+
+
+def kill_inside_save(step: int) -> None:
+    """SIGKILL this process when Orbax is about to commit checkpoint `step`."""
+    from orbax.checkpoint._src.path import atomicity
+
+    commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def finalize(self):
+        if self.get_final().name == str(step):
+            print(f"killing myself inside the save of step {step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await commit(self)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+
+
+def main(argv):
+    data, workdir, overrides = argv[0], argv[1], json.loads(argv[2])
+    for option in argv[3:]:
+        if option.startswith("--kill-in-save="):
+            kill_inside_save(int(option.split("=", 1)[1]))
+    from mobilenets_jax import train
+
+    train.train_and_evaluate(reliability_config(data, overrides), workdir)
+    from mobilenets_jax.checkpoints import Checkpoints
+
+    print(f"exit step={Checkpoints(workdir, read_only=True).latest_step()}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
