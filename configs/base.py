@@ -74,6 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.convert.output = config_dict.placeholder(str)  # --mode=convert: where the converted weights go
     config.convert.format = ""  # canonical | timm | mindspore | jax; "" = from the output's name
 
+    config.export = ml_collections.ConfigDict()
+    config.export.format = "all"  # jax: tflite | saved_model | stablehlo | all; mindspore: mindir | onnx | air | all
+    config.export.calibration_images = 100  # training images that calibrate the int8 TFLite model
+    config.export.agreement_images = 500  # validation images on which int8 Top-1 agreement with float is measured
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
     config.checkpoint.keep = 5
@@ -81,6 +86,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.mixed_precision = ml_collections.ConfigDict()
     config.mixed_precision.level = "O0"  # MindSpore AMP level: O0 | O1 | O2 | O3
     config.mixed_precision.loss_scale = 1.0  # fixed loss scale; 0 means dynamic
+    config.mixed_precision.dynamic_init = 2.0 ** 24  # dynamic scale: the first scale,
+    config.mixed_precision.dynamic_factor = 2.0  # what it is divided by on a skipped step, multiplied by
+    config.mixed_precision.dynamic_window = 2000  # after this many finite steps in a row
+
+    config.mindspore = ml_collections.ConfigDict()  # the MindSpore engine only
+    config.mindspore.device = "auto"  # auto (Ascend, else GPU, else CPU) | Ascend | GPU | CPU
+    config.mindspore.mode = "graph"  # graph (compiled, the default) | pynative
+
+    config.bench = ml_collections.ConfigDict()  # --mode=bench: throughput on synthetic data, nothing read or written
+    config.bench.batch_size = 32  # global batch of the timed steps (train.batch_size is the recipe's, often 2048)
+    config.bench.warmup_steps = 2  # untimed steps first (the first one compiles)
+    config.bench.steps = 5  # steps per timed run
+    config.bench.repeats = 3  # timed runs; the reported figure is their median
 
     return config
 

@@ -74,3 +74,30 @@ def test_predict_without_inputs_says_how(tmp_path):
                             text=True, timeout=300)
     assert result.returncode != 0
     assert "error: --mode=predict needs --config.predict.inputs=FILE_OR_DIR_OR_GLOB" in result.stderr
+
+
+def test_mindspore_fine_tunes_and_predicts_what_jax_predicts_with_its_weights(tmp_path, timm_weights):
+    """Seed 003 on the MindSpore engine; its checkpoint, moved through the canonical format, gives the
+    JAX engine the same predictions."""
+    write_digit_folder(tmp_path / "photos")
+    run = tmp_path / "ms_run"
+    common = ["--config=configs/mnv3_transfer.py", f"--workdir={run}", f"--config.dataset.path={tmp_path / 'photos'}",
+              "--config.model.width=0.75", "--config.dataset.image_size=32"]
+    out = run_main(*common, "--backend=mindspore", f"--config.init.weights={timm_weights}", "--config.train.epochs=1")
+    assert f"initialised from timm state dict {timm_weights}" in out
+    assert "classifier re-initialised for 3 classes (the file has 10)" in out
+    inputs = f"--config.predict.inputs={tmp_path / 'photos' / 'validation'}"
+    run_main(*common, "--backend=mindspore", "--mode=predict", inputs, f"--config.predict.output={tmp_path / 'ms.jsonl'}")
+    ckpt = sorted((run / "ms_checkpoints").glob("*.ckpt"))[-1]
+    canonical_file = tmp_path / "ms_weights.safetensors"
+    run_main(*common, "--mode=convert", f"--config.init.weights={ckpt}", f"--config.convert.output={canonical_file}")
+    run_main(*common, "--backend=jax", "--mode=predict", inputs, f"--config.init.weights={canonical_file}",
+             f"--config.predict.output={tmp_path / 'jax.jsonl'}")
+    ms_pred = [json.loads(line) for line in open(tmp_path / "ms.jsonl")]
+    jax_pred = [json.loads(line) for line in open(tmp_path / "jax.jsonl")]
+    assert len(ms_pred) == len(jax_pred) == 30
+    for a, b in zip(ms_pred, jax_pred):
+        assert a["image"] == b["image"]
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        np.testing.assert_allclose([t["probability"] for t in a["top"]], [t["probability"] for t in b["top"]],
+                                   atol=1e-4)

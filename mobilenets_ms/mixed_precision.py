@@ -1,0 +1,93 @@
+"""Mixed precision as the seeds run it on Ascend: AMP level and a fixed or dynamic loss scale.
+
+`mixed_precision.level`: O0 float32; O1 convs and matmuls in float16; O2 everything but
+BatchNorm in float16; O3 everything in float16 (mindspore.amp.auto_mixed_precision). Weights
+and optimizer state stay float32 whatever the level.
+
+`mixed_precision.loss_scale`: > 0 a fixed scale (the seeds: 1024); 0 a dynamic one (MindSpore's
+DynamicLossScaleUpdateCell rule: start at DYNAMIC_INIT, halve on overflow, double after
+DYNAMIC_WINDOW finite steps in a row, never below 1). Either way the loss is multiplied by the
+scale before differentiation, the gradients divided by it after, and a step whose gradients are
+not all finite is skipped: parameters, optimizer state and EMA stay as they were, and the step is
+counted in `overflow_steps`. The data position and the learning-rate index still advance, so a
+run's schedule and data order do not depend on how many steps overflowed.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, amp, nn, ops
+
+LEVELS = ("O0", "O1", "O2", "O3")
+DYNAMIC_INIT = 2.0 ** 24  # MindSpore's DynamicLossScaleManager default
+DYNAMIC_FACTOR = 2.0
+DYNAMIC_WINDOW = 2000
+
+
+def _field(config, key, default):
+    section = config.get("mixed_precision", None)
+    value = None if section is None else section.get(key, None)
+    return default if value is None else value
+
+
+def apply_level(net: nn.Cell, level: str) -> nn.Cell:
+    """`net` with the casts of AMP `level` (O0: unchanged). Parameters keep their names and float32."""
+    if level not in LEVELS:
+        raise ValueError(f"mixed_precision.level={level!r} is not one of {', '.join(LEVELS)}")
+    if level == "O0":
+        return net
+    return amp.auto_mixed_precision(net, level)
+
+
+class LossScale(nn.Cell):
+    """The loss scale as state: `scale`, finite steps in a row, and the count of skipped steps."""
+
+    def __init__(self, loss_scale: float, init: float = DYNAMIC_INIT, factor: float = DYNAMIC_FACTOR,
+                 window: int = DYNAMIC_WINDOW):
+        super().__init__()
+        if loss_scale < 0:
+            raise ValueError(f"mixed_precision.loss_scale={loss_scale} must be >= 0 (0 = dynamic)")
+        self.dynamic = loss_scale == 0
+        self.factor = float(factor)
+        self.window = int(window)
+        self.scale = Parameter(Tensor(float(init if self.dynamic else loss_scale), ms.float32),
+                               name="loss_scale", requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
+        self.overflow_steps = Parameter(Tensor(0, ms.int32), name="overflow_steps", requires_grad=False)
+
+    @classmethod
+    def from_config(cls, config) -> "LossScale":
+        return cls(float(_field(config, "loss_scale", 1.0)), float(_field(config, "dynamic_init", DYNAMIC_INIT)),
+                   float(_field(config, "dynamic_factor", DYNAMIC_FACTOR)),
+                   int(_field(config, "dynamic_window", DYNAMIC_WINDOW)))
+
+    def parameters_to_save(self) -> list:
+        return [self.scale, self.good_steps, self.overflow_steps]
+
+    def construct(self, finite):
+        """Record a step whose gradients were all finite (or not); returns `finite`."""
+        ops.assign(self.overflow_steps, ops.where(finite, self.overflow_steps, self.overflow_steps + 1))
+        if self.dynamic:
+            good = self.good_steps + 1
+            grow = good >= self.window
+            grown = ops.where(grow, self.scale * self.factor, self.scale)
+            shrunk = ops.maximum(self.scale / self.factor, 1.0)
+            ops.assign(self.scale, ops.where(finite, grown, shrunk))
+            ops.assign(self.good_steps, ops.where(finite, ops.where(grow, ops.zeros_like(good), good),
+                                                  ops.zeros_like(good)))
+        return finite
+
+
+_finite = ops.MultitypeFuncGraph("finite")
+
+
+@_finite.register("Tensor")
+def _finite_one(grad):
+    return ops.isfinite(grad).all()
+
+
+_hyper_map = ops.HyperMap()
+
+
+def all_finite(grads) -> Tensor:
+    """True when every element of every gradient is finite."""
+    return ops.stack(_hyper_map(_finite, grads)).all()

@@ -1,0 +1,645 @@
+"""Training and evaluation on MindSpore (Ascend, GPU or CPU), the JAX engine's loop step for step.
+
+Same data (`mobilenets_core.data`, NHWC batches straight into the network), same learning rate
+table (`mobilenets_core.schedules`, indexed by the step inside the compiled step), same loss
+(mean softmax cross-entropy against onehot * (1 - ls) + ls / num_classes, as optax.smooth_labels),
+same optimizers (`mobilenets_ms.optimizers`), same metrics, console lines and progress bar.
+
+One compiled `TrainStep` Cell (graph mode by default) does forward, backward, loss scaling and
+the overflow check, the update and the EMA. Data parallel runs the MindSpore way: one process per
+device started by `msrun`, `mindspore.communication.init()`, gradients averaged by
+`nn.DistributedGradReducer`; each rank reads its own rows of the global batch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from mobilenets_core import metrics as metrics_lib
+from mobilenets_core import schedules, specs
+from mobilenets_core.config_check import ConfigError
+from mobilenets_core.data import build_dataset
+from mobilenets_core.failures import NonFiniteLoss
+from mobilenets_ms import mixed_precision, models
+from mobilenets_ms.checkpoints import Checkpoints
+from mobilenets_ms.optimizers import build_optimizer
+
+DEVICES = ("Ascend", "GPU", "CPU")
+MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+_context = {}  # what this process has set up: device, mode, distributed group
+
+
+def _field(config, section: str, key: str, default):
+    node = config.get(section, None)
+    value = None if node is None else node.get(key, None)
+    return default if value is None else value
+
+
+# ----------------------------------------------------------------------------- context
+
+
+def select_device(requested: str = "auto") -> str:
+    """The device target: `requested`, or for "auto" the first available of Ascend, GPU, CPU."""
+    if requested != "auto" and requested not in DEVICES:
+        raise ConfigError(f"mindspore.device={requested!r} is not one of auto, {', '.join(DEVICES)}")
+    candidates = DEVICES if requested == "auto" else (requested,)
+    logger = ms.log._get_logger()  # is_available warns about every plugin a CPU-only build lacks
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        for name in candidates:
+            if ms.hal.is_available(name):
+                return name
+    finally:
+        logger.setLevel(level)
+    raise ConfigError(f"mindspore.device={requested!r}: MindSpore {ms.__version__} here has no {requested} backend; "
+                      f"use mindspore.device=auto")
+
+
+def setup(config) -> dict:
+    """Device, execution mode and (under msrun) the communication group; once per process.
+
+    Returns {"device", "rank", "group_size"}. The mode may change between calls (tests switch it);
+    the device and the group are fixed by the first call."""
+    mode = str(config.mindspore.mode)
+    if mode not in MODES:
+        raise ConfigError(f"mindspore.mode={mode!r} is not one of {', '.join(MODES)}")
+    ms.set_context(mode=MODES[mode])
+    if not _context:
+        device = select_device(str(config.mindspore.device))
+        try:
+            ms.set_device(device)
+        except RuntimeError:
+            # An op already ran (mobilenets_ms's import primes the NumPy bridge) on the build's default
+            # target; that is fine when it is the one we want.
+            if ms.get_context("device_target") != device:
+                raise ConfigError(f"mindspore.device selects {device}, but MindSpore already runs on "
+                                  f"{ms.get_context('device_target')} in this process") from None
+        rank, size = 0, 1
+        if int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1"))) > 1:
+            from mindspore import communication
+
+            communication.init()
+            rank, size = communication.get_rank(), communication.get_group_size()
+            ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                         device_num=size)
+        _context.update(device=device, rank=rank, group_size=size)
+    return dict(_context)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def cross_entropy(logits, labels, num_classes: int, smoothing: float):
+    """Per-example softmax cross-entropy against optax.smooth_labels targets."""
+    onehot = ops.one_hot(labels, num_classes, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+    if smoothing:
+        onehot = onehot * (1.0 - smoothing) + smoothing / num_classes
+    return -(onehot * ops.log_softmax(logits, -1)).sum(-1)
+
+
+def topk_correct(logits, labels, k: int):
+    """Per-example 1.0 where the label is among the k largest logits."""
+    _, top = ops.topk(logits, k)
+    return (top == labels.reshape((-1, 1))).astype(ms.float32).sum(-1)
+
+
+_unscale = ops.MultitypeFuncGraph("unscale")
+_ema_update = ops.MultitypeFuncGraph("ema_update")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_one(scale, grad):
+    return grad / scale
+
+
+_keep_if = ops.MultitypeFuncGraph("keep_if")
+
+
+@_keep_if.register("Tensor", "Tensor", "Tensor")
+def _keep_if_one(finite, value, before):
+    ops.assign(value, ops.where(finite, value, before))
+    return finite
+
+
+@_ema_update.register("Number", "Tensor", "Tensor", "Tensor")
+def _ema_one(decay, apply, ema, param):
+    ops.assign(ema, ops.where(apply, decay * ema + (1.0 - decay) * param, ema))
+    return apply
+
+
+class NetWithLoss(nn.Cell):
+    """(loss * scale, loss, logits): the first output is differentiated, the others ride along."""
+
+    def __init__(self, net, num_classes: int, smoothing: float):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.num_classes = int(num_classes)
+        self.smoothing = float(smoothing)
+
+    def construct(self, images, labels, scale):
+        logits = self.net(images).astype(ms.float32)
+        loss = cross_entropy(logits, labels, self.num_classes, self.smoothing).mean()
+        return loss * scale, loss, logits
+
+
+class TrainStep(nn.Cell):
+    """One update: (images, labels, step) -> (loss, top1, top5, lr, finite)."""
+
+    def __init__(self, net, optimizer, loss_scale, num_classes: int, smoothing: float, ema_decay: float,
+                 group_size: int = 1):
+        super().__init__(auto_prefix=False)
+        self.loss_net = NetWithLoss(net, num_classes, smoothing)
+        self.optimizer = optimizer
+        self.loss_scale = loss_scale
+        self.weights = optimizer.params
+        self.grad_fn = ops.value_and_grad(self.loss_net, None, self.weights, has_aux=True)
+        self.k5 = min(5, int(num_classes))
+        self.hyper_map = ops.HyperMap()
+        self.ema_decay = float(ema_decay)
+        self.use_ema = self.ema_decay > 0
+        if self.use_ema:
+            self.ema = self.weights.clone(prefix="ema", init="same")
+        self.group_size = int(group_size)
+        self.distributed = self.group_size > 1
+        if self.distributed:
+            self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=self.group_size)
+            self.all_reduce = ops.AllReduce()
+        # BatchNorm updates its running statistics inside the forward pass; a skipped (non-finite)
+        # step must not leave NaN in them, so they are restored from this copy.
+        self.statistics = ParameterTuple([p for p in net.get_parameters() if not p.requires_grad
+                                          and p.name.endswith(("moving_mean", "moving_variance"))])
+        self.statistics_before = self.statistics.clone(prefix="statistics_before", init="same")
+
+    def construct(self, images, labels, step):
+        scale = self.loss_scale.scale
+        self.hyper_map(ops.assign, self.statistics_before, self.statistics)
+        (_, loss, logits), grads = self.grad_fn(images, labels, scale)
+        if self.distributed:
+            grads = self.reducer(grads)
+        grads = self.hyper_map(ops.partial(_unscale, scale), grads)
+        finite = ops.logical_and(mixed_precision.all_finite(grads), ops.isfinite(loss))
+        finite = self.loss_scale(finite)
+        self.hyper_map(ops.partial(_keep_if, finite), self.statistics, self.statistics_before)
+        lr = self.optimizer.lr_at(step)
+        self.optimizer(grads, lr, finite)
+        if self.use_ema:
+            self.hyper_map(ops.partial(_ema_update, self.ema_decay, finite), self.ema, self.weights)
+        top1 = topk_correct(logits, labels, 1).mean()
+        top5 = topk_correct(logits, labels, self.k5).mean()
+        stats = ops.stack((loss, top1, top5))
+        if self.distributed:
+            stats = self.all_reduce(stats) / self.group_size
+        return stats, lr, finite
+
+
+class AverageOverRanks(nn.Cell):
+    """Set each of `parameters` to its mean over all ranks (one collective call)."""
+
+    def __init__(self, parameters, group_size: int):
+        super().__init__(auto_prefix=False)
+        self.parameters = parameters
+        self.group_size = float(group_size)
+        self.all_reduce = ops.AllReduce()
+
+    def construct(self):
+        for p in self.parameters:
+            ops.assign(p, self.all_reduce(p) / self.group_size)
+        return self.group_size
+
+
+class EvalStep(nn.Cell):
+    """(images, labels, mask) -> sums over the real rows of (loss, top1, top5, count)."""
+
+    def __init__(self, net, num_classes: int, group_size: int = 1):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.num_classes = int(num_classes)
+        self.k5 = min(5, int(num_classes))
+        self.distributed = group_size > 1
+        if self.distributed:
+            self.all_reduce = ops.AllReduce()
+
+    def construct(self, images, labels, mask):
+        logits = self.net(images).astype(ms.float32)
+        m = mask.astype(ms.float32)
+        loss = cross_entropy(logits, labels, self.num_classes, 0.0)
+        sums = ops.stack(((loss * m).sum(), (topk_correct(logits, labels, 1) * m).sum(),
+                          (topk_correct(logits, labels, self.k5) * m).sum(), m.sum()))
+        if self.distributed:
+            sums = self.all_reduce(sums)
+        return sums
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """The network, optimizer and compiled steps for one config on this process's device."""
+
+    def __init__(self, config, steps_per_epoch: int, *, context: dict | None = None, net=None):
+        self.config = config
+        self.context = context or setup(config)
+        self.group_size = int(self.context["group_size"])
+        for key, size in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
+            if size % self.group_size:
+                raise ConfigError(f"{key}={size} is not divisible by the {self.group_size} ranks; "
+                                  f"use a multiple of {self.group_size}")
+        self.num_classes = int(config.model.num_classes)
+        self.net = net if net is not None else models.build_network(config.model, seed=int(config.train.seed))
+        if config.init.freeze == "backbone":
+            freeze_backbone(self.net)
+        self.lr = schedules.lr_table(config, steps_per_epoch)
+        self.optimizer = build_optimizer(self.net.trainable_params(), config, self.lr)
+        self.loss_scale = mixed_precision.LossScale.from_config(config)
+        level = str(_field(config, "mixed_precision", "level", "O0"))
+        compute_net = mixed_precision.apply_level(self.net, level)
+        self.ema_decay = float(config.ema.decay)
+        self.train_step = TrainStep(compute_net, self.optimizer, self.loss_scale, self.num_classes,
+                                    float(config.loss.label_smoothing), self.ema_decay, self.group_size)
+        self.eval_step = EvalStep(compute_net, self.num_classes, self.group_size)
+        self.step = 0
+
+    # -- state
+
+    def load_weights(self, state: dict) -> None:
+        """Canonical tensors (a subset is fine: a re-initialised classifier is left out) into the network."""
+        from mobilenets_ms.weights import canonical_parameters
+
+        params = canonical_parameters(self.net)
+        for name, value in state.items():
+            params[name].set_data(Tensor(np.ascontiguousarray(value, np.float32)))
+        if self.ema_decay > 0:  # the average starts at the loaded weights, not the random ones
+            for param, ema in zip(self.optimizer.params, self.train_step.ema):
+                ema.set_data(Tensor(param.asnumpy().copy()))
+
+    def state_tensors(self) -> dict:
+        """Everything a checkpoint holds, by name."""
+        tensors = {p.name: p for p in self.net.get_parameters()}
+        for p in self.optimizer.state_parameters():
+            tensors[p.name] = p
+        if self.ema_decay > 0:
+            for p in self.train_step.ema:
+                tensors[p.name] = p
+        for p in self.loss_scale.parameters_to_save():
+            tensors[p.name] = p
+        tensors["step"] = Tensor(np.asarray(self.step, np.int64))
+        # Lets init.weights / --mode=convert read this file as a network checkpoint with the right eps.
+        tensors["mobilenets.bn_eps"] = Tensor(np.asarray([self.net.bn_eps], np.float32))
+        return tensors
+
+    def load_state(self, tensors: dict, network_only: bool = False) -> None:
+        """Inverse of `state_tensors` (from a checkpoint's {name: ndarray}); names every mismatch first.
+
+        network_only: the network (and its EMA) without the optimizer and loss-scale state, for
+        eval, predict and export, which then work whatever optimizer the config names."""
+        targets = {name: p for name, p in self.state_tensors().items() if name not in ("step", "mobilenets.bn_eps")}
+        if network_only:
+            network = {p.name for p in self.net.get_parameters()}
+            targets = {n: p for n, p in targets.items() if n in network or n.startswith("ema.")}
+        missing = [n for n in list(targets) + ["step"] if n not in tensors]
+        wrong = [f"{n}: {tuple(tensors[n].shape)} != {tuple(p.shape)}" for n, p in targets.items()
+                 if n in tensors and tuple(tensors[n].shape) != tuple(p.shape)]
+        if missing or wrong:
+            model = self.config.model
+            raise ConfigError(f"the checkpoint does not fit {model.name} width={model.width} groups={model.groups} "
+                              f"num_classes={model.num_classes} optimizer={self.config.optimizer.name} "
+                              f"ema.decay={self.config.ema.decay}: missing {missing[:6]}, shape mismatch {wrong[:6]}; "
+                              f"use the config it was trained with, or another --workdir")
+        for name, param in targets.items():
+            param.set_data(Tensor(np.array(tensors[name], dtype=ms.dtype_to_nptype(param.dtype), order="C")))  # keeps 0-d
+        self.step = int(np.asarray(tensors["step"]))
+
+    # -- steps
+
+    def train_on(self, batch: dict) -> dict:
+        """One update on this rank's rows of a global batch; returns loss, top1, top5, lr, overflow."""
+        self.train_step.set_train(True)
+        stats, lr, finite = self.train_step(Tensor(batch["image"]), Tensor(batch["label"]),
+                                            Tensor(self.step, ms.int32))
+        self.step += 1
+        loss, top1, top5 = (float(v) for v in stats.asnumpy())
+        return {"loss": loss, "top1": top1, "top5": top5, "lr": float(lr.asnumpy()),
+                "overflow": 0.0 if bool(finite.asnumpy()) else 1.0}
+
+    @property
+    def overflow_steps(self) -> int:
+        return int(self.loss_scale.overflow_steps.asnumpy())
+
+    def _swap_in_ema(self):
+        """Put the EMA weights into the network; returns the live weights to put back."""
+        live = [p.asnumpy().copy() for p in self.optimizer.params]
+        for p, e in zip(self.optimizer.params, self.train_step.ema):
+            p.set_data(Tensor(e.asnumpy()))
+        return live
+
+    def synchronise_statistics(self) -> None:
+        """Data parallel: BatchNorm's running statistics follow each rank's own rows, so before an
+        eval or a checkpoint they are averaged over the ranks (all ranks must call this). Every rank
+        then evaluates, and rank 0 saves, the same network."""
+        if self.group_size > 1:
+            if not hasattr(self, "_average_statistics"):
+                self._average_statistics = AverageOverRanks(self.train_step.statistics, self.group_size)
+            self._average_statistics()
+
+    def evaluate(self, dataset) -> dict:
+        """Every example of `dataset` exactly once (the last batch padded and masked)."""
+        self.synchronise_statistics()
+        watch = metrics_lib.Stopwatch()
+        live = self._swap_in_ema() if self.ema_decay > 0 else None
+        self.eval_step.set_train(False)
+        totals = np.zeros(4, np.float64)
+        try:
+            for batch in dataset.eval_batches(int(self.config.eval.batch_size)):
+                totals += self.eval_step(Tensor(batch["image"]), Tensor(batch["label"]),
+                                         Tensor(batch["mask"])).asnumpy().astype(np.float64)
+        finally:
+            if live is not None:
+                for p, value in zip(self.optimizer.params, live):
+                    p.set_data(Tensor(value))
+            self.train_step.set_train(True)
+        loss, top1, top5, count = totals
+        if int(round(count)) != dataset.num_examples:
+            raise RuntimeError(f"evaluated {count} examples, the split has {dataset.num_examples}")
+        return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(round(count)),
+                "images_per_sec": count / watch.lap()}
+
+    def inference_net(self):
+        """The eval-mode network with the weights to deploy (EMA when ema.decay > 0), float32."""
+        if self.ema_decay > 0:
+            self._swap_in_ema()
+        self.net.set_train(False)
+        return self.net
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _datasets(config, context: dict):
+    kw = dict(process_index=int(context["rank"]), process_count=int(context["group_size"]))
+    return build_dataset(config, "train", **kw), build_dataset(config, "validation", **kw)
+
+
+def _meta(config, train_ds, epoch: int) -> dict:
+    return {"model": {k: config.model[k] for k in ("name", "width", "groups", "num_classes", "bn_eps")},
+            "dataset": train_ds.name, "class_names": list(train_ds.class_names), "epoch": epoch,
+            "image_size": int(config.dataset.image_size), "engine": "mindspore"}
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, disable=None,
+                file=sys.stderr)
+
+
+HEAD_PREFIXES = ("head.", "classifier.")  # what init.freeze=backbone leaves trainable (as the JAX engine)
+
+
+def freeze_backbone(net) -> None:
+    """Only the head conv and the classifier train; the body's BatchNorm normalises with its running
+    statistics and does not update them, exactly as the JAX engine's frozen backbone."""
+    for name, cell in net.cells_and_names():
+        if isinstance(cell, nn.BatchNorm2d) and not name.startswith(HEAD_PREFIXES):
+            cell.use_batch_statistics = False
+    for param in net.get_parameters():
+        if not param.name.startswith(HEAD_PREFIXES):
+            param.requires_grad = False
+
+
+def read_initial_weights(config, say) -> dict:
+    """config.init.weights (canonical / timm .safetensors, timm .pth, MindSpore .ckpt) as canonical
+    tensors fitted to config.model; a classifier of another class count is left out (re-initialised)
+    and config.model.bn_eps becomes the epsilon the weights were trained with."""
+    from mobilenets_core import weight_files
+
+    arch = specs.architecture_from_config(config.model)
+    state, bn_eps, kind = weight_files.read(config.init.weights, arch)
+    fitted, reinit = weight_files.fit(state, arch, f"init.weights={config.init.weights}")
+    if bn_eps != config.model.bn_eps:
+        say(f"model.bn_eps={config.model.bn_eps} -> {bn_eps}, the epsilon the imported weights were trained with")
+        config.model.bn_eps = bn_eps
+    say(f"initialised from {kind} {config.init.weights} ({len(fitted)} tensors)"
+        + (f"; classifier re-initialised for {arch.head.num_classes} classes "
+           f"(the file has {state['classifier.weight'].shape[0] if 'classifier.weight' in state else 'none'})"
+           if reinit else ""))
+    return fitted
+
+
+class StopOnSignal:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint the current step and return."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
+    """Train `config` in `workdir`, resuming from the newest checkpoint of workdir/ms_checkpoints;
+    returns the final eval result.
+
+    `stop(step) -> bool`, checked after every step, ends the run early with a checkpoint at that
+    step (returns None); a later call resumes there, at the same data position. SIGTERM and
+    SIGINT do the same."""
+    with StopOnSignal() as signals:
+        return _train_and_evaluate(config, workdir,
+                                   lambda step: signals.signal is not None or (stop is not None and stop(step)))
+
+
+def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
+    context = setup(config)
+    lead = context["rank"] == 0
+    say = print if lead else (lambda *a, **k: None)
+    ms.set_seed(int(config.train.seed))
+    train_ds, val_ds = _datasets(config, context)
+    batch = int(config.train.batch_size)
+    steps_per_epoch = train_ds.steps_per_epoch(batch)
+    total_steps = steps_per_epoch * int(config.train.epochs)
+    checkpoints = Checkpoints(workdir, keep=int(config.checkpoint.keep), read_only=not lead)
+    latest = checkpoints.latest_step()
+    initial = read_initial_weights(config, say) if latest is None and config.init.weights else None
+    if latest is not None:
+        tensors, meta = checkpoints.restore(latest)
+        bn_eps = (meta.get("model") or {}).get("bn_eps")
+        if bn_eps is not None:  # a run started from imported weights keeps their epsilon
+            config.model.bn_eps = bn_eps
+    trainer = Trainer(config, steps_per_epoch, context=context)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=lead)
+    if lead:
+        with open(os.path.join(workdir, "dataset.json"), "w") as f:
+            json.dump({"name": train_ds.name, "class_names": train_ds.class_names,
+                       "num_train": train_ds.num_examples, "num_validation": val_ds.num_examples}, f)
+
+    if latest is not None:
+        trainer.load_state(tensors)
+        say(f"resumed from {checkpoints.path(latest)} (step {latest}, epoch {meta.get('epoch')})")
+    elif initial is not None:
+        trainer.load_weights(initial)
+    start = trainer.step
+    level = str(_field(config, "mixed_precision", "level", "O0"))
+    say(f"training {config.model.name} width {config.model.width} on {train_ds.name} ({train_ds.num_examples} "
+        f"train / {val_ds.num_examples} validation images) for {config.train.epochs} epochs x {steps_per_epoch} "
+        f"steps of {batch} on {context['group_size']} {context['device']} device(s) with MindSpore "
+        f"{ms.__version__} ({'graph' if ms.get_context('mode') == ms.GRAPH_MODE else 'pynative'} mode, AMP {level}, "
+        f"loss scale {'dynamic' if trainer.loss_scale.dynamic else float(trainer.loss_scale.scale.asnumpy())})")
+
+    def save(epoch):
+        trainer.synchronise_statistics()  # a collective: every rank, before rank 0 writes
+        if lead:
+            checkpoints.save(trainer.step, trainer.state_tensors(), _meta(config, train_ds, epoch))
+
+    result = None
+    for epoch in range(start // steps_per_epoch, int(config.train.epochs)):
+        first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
+        epoch_watch, log_watch = metrics_lib.Stopwatch(), metrics_lib.Stopwatch()
+        epoch_loss, epoch_overflows, log_sums, log_steps, applied = 0.0, 0, None, 0, 0
+        bar = _progress(steps_per_epoch, first, f"epoch {epoch + 1}") if lead else None
+        for local in train_ds.train_batches(batch, epoch=epoch, start_step=first):
+            step_metrics = trainer.train_on(local)
+            step = trainer.step
+            if step_metrics["overflow"] and not trainer.loss_scale.dynamic:
+                if bar is not None:
+                    bar.close()
+                writer.close()
+                good = checkpoints.latest_step()
+                raise NonFiniteLoss(
+                    f"loss is {step_metrics['loss']} at step {step} (epoch {epoch + 1}): the loss or gradients of this "
+                    f"step are not finite, so it was not applied and training stopped; "
+                    + (f"the newest checkpoint, step {good}, is intact" if good is not None
+                       else "no checkpoint was written yet")
+                    + ". Lower optimizer.learning_rate or check the data, or set mixed_precision.loss_scale=0 to "
+                      "skip such steps with a dynamic loss scale")
+            epoch_overflows += int(step_metrics["overflow"])
+            if not step_metrics["overflow"]:  # means are over the steps that were applied
+                epoch_loss += step_metrics["loss"]
+                log_sums = dict(step_metrics) if log_sums is None else {k: log_sums[k] + v
+                                                                         for k, v in step_metrics.items()}
+                applied += 1
+            log_steps += 1
+            if bar is not None:
+                bar.update(1)
+            stopping = stop(step)
+            if step % int(config.train.log_every_steps) == 0 or step % steps_per_epoch == 0 or stopping:
+                seconds = log_watch.lap()
+                means = ({k: v / applied for k, v in log_sums.items() if k != "overflow"} if log_sums
+                         else {k: float("nan") for k in ("loss", "top1", "top5")})
+                means["lr"] = step_metrics["lr"]
+                writer.write({"step": step, "epoch": epoch + 1, "split": "train", **means,
+                              "images_per_sec": log_steps * batch / seconds, "step_ms": 1000 * seconds / log_steps,
+                              "overflow_steps": trainer.overflow_steps})
+                log_sums, log_steps, applied = None, 0, 0
+            if stopping:
+                if bar is not None:
+                    bar.close()
+                save(epoch + 1)
+                writer.close()
+                say(f"stopped at step {step}; checkpoint saved, run again to resume")
+                return None
+        if bar is not None:
+            bar.close()
+        epoch_seconds = epoch_watch.lap()
+        steps_done = steps_per_epoch - first
+        line = metrics_lib.epoch_line(epoch + 1, epoch_seconds, steps_done,
+                                      epoch_loss / max(steps_done - epoch_overflows, 1))
+        if trainer.loss_scale.dynamic or float(trainer.loss_scale.scale.asnumpy()) != 1.0 or epoch_overflows:
+            line += f", overflow steps: {epoch_overflows} (run total {trainer.overflow_steps})"
+        say(line)
+        last = epoch + 1 == int(config.train.epochs)
+        saved = (epoch + 1) % int(config.checkpoint.every_epochs) == 0 or last
+        if saved:
+            save(epoch + 1)
+        if (epoch + 1) % int(config.eval.every_epochs) == 0 or last:
+            result = trainer.evaluate(val_ds)
+            writer.write({"step": trainer.step, "epoch": epoch + 1, "split": "eval", "loss": result["loss"],
+                          "top1": result["top1"], "top5": result["top5"],
+                          "lr": float(trainer.lr[min(trainer.step, total_steps) - 1]),
+                          "images_per_sec": result["images_per_sec"], "step_ms": 0.0})
+            say(metrics_lib.eval_line(result, checkpoints.path(trainer.step) if saved else "(not saved this epoch)"))
+        start = trainer.step
+    writer.close()
+    if result is None:  # already finished before this call: report the final checkpoint
+        result = evaluate(config, workdir)
+    return result
+
+
+def restore_trainer(config, workdir: str, step: int | None = None):
+    """(trainer, step, meta) holding what --mode=eval/predict/export evaluates: checkpoint `step`
+    (default eval.checkpoint, else the newest of workdir/ms_checkpoints), or, when the workdir has
+    none, the weights of config.init.weights (step None)."""
+    context = setup(config)
+    checkpoints = Checkpoints(workdir, read_only=True)
+    if step is None:
+        step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
+    if step is None and not config.init.weights:
+        raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first (--mode=train "
+                          f"--backend=mindspore), point --workdir at a training run, or name weights with "
+                          f"--config.init.weights=FILE")
+    if step is not None and int(step) not in checkpoints.all_steps():
+        raise ConfigError(f"eval.checkpoint={step} is not a checkpoint in {checkpoints.directory}; "
+                          f"available steps: {checkpoints.all_steps()}")
+    if step is None:
+        config = config.copy_and_resolve_references()
+        initial = read_initial_weights(config, print if context["rank"] == 0 else (lambda *a: None))
+        trainer = Trainer(config, 1, context=context)
+        trainer.load_weights(initial)
+        return trainer, None, {"epoch": None, "weights": config.init.weights}
+    tensors, meta = checkpoints.restore(int(step))
+    bn_eps = (meta.get("model") or {}).get("bn_eps")
+    if bn_eps is not None and bn_eps != config.model.bn_eps:
+        config = config.copy_and_resolve_references()
+        config.model.bn_eps = bn_eps
+    trainer = Trainer(config, 1, context=context)
+    trainer.load_state(tensors, network_only=True)
+    return trainer, int(step), meta
+
+
+def evaluate(config, workdir: str) -> dict:
+    """Restore the newest checkpoint (or eval.checkpoint) of workdir/ms_checkpoints, or with none there
+    the weights of init.weights, and evaluate the validation split: Loss, Top-1, Top-5 over every
+    example once."""
+    trainer, step, meta = restore_trainer(config, workdir)
+    context = trainer.context
+    _, val_ds = _datasets(config, context)
+    result = trainer.evaluate(val_ds)
+    source = Checkpoints(workdir, read_only=True).path(step) if step is not None else config.init.weights
+    if context["rank"] == 0:
+        os.makedirs(workdir, exist_ok=True)
+        metrics_lib.MetricsWriter(workdir, tensorboard=False).write(
+            {"step": step or 0, "epoch": meta.get("epoch"), "split": "eval", "loss": result["loss"],
+             "top1": result["top1"], "top5": result["top5"], "lr": 0.0, "images_per_sec": result["images_per_sec"],
+             "step_ms": 0.0, "mode": "eval", "engine": "mindspore", "weights": source})
+        print(metrics_lib.eval_line(result, source))
+    return result
+
+
+def predict(config, workdir: str) -> list:
+    """Top-k classes of predict.inputs with what --mode=eval would evaluate (see `restore_trainer`)."""
+    from mobilenets_core import predict as predict_lib
+
+    predict_lib.collect_inputs(config.predict.inputs)  # a bad input spec fails before any work
+    trainer, _, _ = restore_trainer(config, workdir)
+    net = trainer.inference_net()
+    return predict_lib.run(config, workdir, lambda batch: net(Tensor(np.ascontiguousarray(batch, np.float32))).asnumpy())
