@@ -1,0 +1,136 @@
+"""Deployment files from a MindSpore checkpoint: MINDIR and ONNX, plus AIR on Ascend.
+
+Every file is the eval-mode float32 network of one checkpoint (EMA weights when `ema.decay > 0`):
+float32 NHWC images, normalized as `mobilenets_core.data` does, in; float32 logits out. The
+MINDIR file keeps the batch dimension symbolic. ONNX and AIR take exactly ONNX_BATCH images:
+MindSpore's ONNX exporter writes the traced batch into the Reshape ops (ShuffleNet's channel
+shuffle, for one), so a file marked dynamic would still fail on any other batch. Everything goes
+to `workdir/export/`, described by `export.json` (input shape and dtype, normalization, class
+names), the same description the JAX engine writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor
+
+from mobilenets_core.config_check import ConfigError
+from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD
+from mobilenets_ms import train
+from mobilenets_ms.checkpoints import Checkpoints
+
+FORMATS = ("mindir", "onnx", "air")
+CHOICES = FORMATS + ("all",)
+FILES = {"mindir": "model.mindir", "onnx": "model.onnx", "air": "model.air"}
+ONNX_BATCH = 1  # the fixed batch of the ONNX and AIR files (see the module docstring)
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def requested_formats(config) -> tuple:
+    """The formats export.format asks for; a bad value fails before any work."""
+    fmt = str(config.export.format)
+    if fmt not in CHOICES:
+        raise ConfigError(f"export.format={fmt!r} is not a mindspore export format; use one of: "
+                          f"{', '.join(CHOICES)} (tflite, saved_model and stablehlo need --backend=jax)")
+    return FORMATS if fmt == "all" else (fmt,)
+
+
+def _class_names(workdir: str, meta: dict) -> list | None:
+    """The checkpoint's own class names; workdir/dataset.json (the latest run's) only for older checkpoints."""
+    if meta.get("class_names"):
+        return list(meta["class_names"])
+    path = os.path.join(workdir, "dataset.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return list(json.load(f).get("class_names") or []) or None
+    return None
+
+
+def _write(net, example: Tensor, path: str, fmt: str) -> None:
+    """Export into a scratch directory beside `path`, then rename: never a truncated file under the final name."""
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".export-") as scratch:
+        staged = os.path.join(scratch, os.path.basename(path))
+        if fmt == "onnx":
+            ms.onnx.export(net, example, file_name=staged, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        else:
+            ms.export(net, example, file_name=staged, file_format=fmt.upper())
+        os.chmod(staged, 0o666 & ~_umask())  # MindSpore leaves MINDIR owner-read-only; deploy files are shared
+        os.replace(staged, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def export(config, workdir: str) -> dict:
+    """Write the deployment files of `workdir`'s MindSpore checkpoint (without one: of config.init.weights)
+    to workdir/export/; returns {format: path}.
+
+    "mindir" (model.mindir, any batch: `nn.GraphCell(mindspore.load(path))(images)`), "onnx"
+    (model.onnx, input "images", output "logits", batch ONNX_BATCH), "air" (model.air, Ascend only),
+    plus "metadata" -> export.json."""
+    formats = requested_formats(config)
+    device = train.setup(config)["device"]
+    if formats == ("air",) and device != "Ascend":
+        raise ConfigError(f"export.format='air' needs an Ascend device (MindSpore runs on {device} here); "
+                          f"use export.format=mindir or onnx")
+    workdir = os.path.abspath(workdir)
+    trainer, step, meta = train.restore_trainer(config, workdir)
+    if step is None:  # no checkpoint: restore_trainer loaded config.init.weights, which have no EMA history
+        net = trainer.net
+        net.set_train(False)
+        source = {"path": os.path.abspath(config.init.weights), "step": None, "weights": "init.weights"}
+    else:
+        net = trainer.inference_net()
+        source = {"path": Checkpoints(workdir, read_only=True).path(step), "step": step,
+                  "weights": "ema" if config.ema.decay > 0 else "params"}
+    size = int(meta.get("image_size", config.dataset.image_size))
+    num_classes = int(trainer.num_classes)
+    out_dir = os.path.join(workdir, "export")
+    os.makedirs(out_dir, exist_ok=True)
+    if "air" in formats and device != "Ascend":
+        formats = tuple(f for f in formats if f != "air")
+        print(f"air: skipped, MindSpore writes AIR only on Ascend (this run is on {device})")
+
+    paths, artefacts = {}, []
+    fixed = Tensor(np.zeros((ONNX_BATCH, size, size, 3), np.float32))
+    for fmt in formats:
+        path = os.path.join(out_dir, FILES[fmt])
+        batch = None if fmt == "mindir" else ONNX_BATCH
+        example = Tensor(shape=[None, size, size, 3], dtype=ms.float32) if batch is None else fixed
+        _write(net, example, path, fmt)
+        paths[fmt] = path
+        artefact = {"format": fmt, "path": FILES[fmt], "input_shape": [batch, size, size, 3],
+                    "input_dtype": "float32", "output_shape": [batch, num_classes], "output_dtype": "float32"}
+        if fmt == "mindir":
+            artefact["load"] = "mindspore.nn.GraphCell(mindspore.load(path))(images)"
+        elif fmt == "onnx":
+            artefact.update(input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+                            load="onnxruntime.InferenceSession(path).run(None, {'images': images})[0]")
+        artefacts.append(artefact)
+
+    model = meta.get("model") or {}
+    description = {
+        "engine": "mindspore",
+        "model": {k: model.get(k, trainer.config.model.get(k))  # trainer.config: with the weights' bn_eps
+                  for k in ("name", "width", "groups", "num_classes", "bn_eps")},
+        "checkpoint": source,
+        "input": {"shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC", "color": "RGB",
+                  "normalization": {"mean": NORMALIZE_MEAN.tolist(), "std": NORMALIZE_STD.tolist(),
+                                    "formula": "(pixel_0_255 - mean) / std"}},
+        "output": {"shape": [None, num_classes], "dtype": "float32", "kind": "logits"},
+        "class_names": _class_names(workdir, meta),
+        "artefacts": artefacts,
+    }
+    paths["metadata"] = os.path.join(out_dir, "export.json")
+    with open(paths["metadata"], "w") as f:
+        json.dump(description, f, indent=2)
+    for key, path in paths.items():
+        print(f"exported {key}: {path}")
+    return paths
