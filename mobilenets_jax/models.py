@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mobilenets_core import specs
+from mobilenets_jax import layers
 
 
 def module_name(canonical: str) -> str:
@@ -35,15 +36,18 @@ class ConvBN(nn.Module):
     bn_eps: float
     bn_decay: float
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # see mobilenets_jax.layers: same parameters, different XLA program
 
     @nn.compact
     def __call__(self, x, train: bool):
         layer = self.layer
         x = nn.Conv(layer.out_ch, (layer.kernel, layer.kernel), (layer.stride, layer.stride),
                     padding=pad(layer.kernel), feature_group_count=layer.groups, use_bias=False,
-                    dtype=self.dtype, name="conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_decay, epsilon=self.bn_eps,
-                         dtype=self.dtype, name="bn")(x)
+                    dtype=self.dtype, conv_general_dilated=layers.conv_general_dilated(self.conv_impl),
+                    name="conv")(x)
+        norm = layers.BatchNorm if layers.resolve_impl(self.conv_impl) == "fast" else nn.BatchNorm
+        x = norm(use_running_average=not train, momentum=self.bn_decay, epsilon=self.bn_eps, dtype=self.dtype,
+                 name="bn")(x)
         return activation(layer.act)(x)
 
 
@@ -73,11 +77,12 @@ class Block(nn.Module):
     bn_eps: float
     bn_decay: float
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def part(self, layer):
         if isinstance(layer, specs.SqueezeExcite):
             return SqueezeExcite(layer, self.dtype, name=module_name(layer.name))
-        return ConvBN(layer, self.bn_eps, self.bn_decay, self.dtype, name=module_name(layer.name))
+        return ConvBN(layer, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=module_name(layer.name))
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -104,6 +109,7 @@ class Network(nn.Module):
     bn_decay: float = 0.9
     dtype: Any = jnp.float32
     frozen_backbone: bool = False  # BatchNorm of the body keeps its running statistics when training
+    conv_impl: str = "auto"  # auto | fast | xla: how depthwise / grouped convs are computed (layers.py)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -114,9 +120,9 @@ class Network(nn.Module):
             if isinstance(block, specs.MaxPool):
                 x = nn.max_pool(x, (block.kernel,) * 2, (block.stride,) * 2, padding="SAME")
             elif isinstance(block, specs.ConvBN):
-                x = ConvBN(block, self.bn_eps, self.bn_decay, self.dtype, name=name)(x, train)
+                x = ConvBN(block, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=name)(x, train)
             else:
-                x = Block(block, self.bn_eps, self.bn_decay, self.dtype, name=name)(x, train)
+                x = Block(block, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=name)(x, train)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         head = self.arch.head
         if head.hidden:
@@ -131,11 +137,17 @@ class Network(nn.Module):
 HEAD_MODULES = ("classifier", "head_conv")  # what init.freeze=backbone leaves trainable
 
 
-def build_network(model_cfg, dtype=jnp.float32, bn_eps: float | None = None, frozen_backbone: bool = False) -> Network:
-    """The Network for a config's `model` section (bn_eps may be overridden by a weight file)."""
+def build_network(model_cfg, dtype=jnp.float32, bn_eps: float | None = None, frozen_backbone: bool = False,
+                  conv_impl: str | None = None) -> Network:
+    """The Network for a config's `model` section (bn_eps may be overridden by a weight file).
+
+    conv_impl: `model.conv_impl` when the config has that field, else "auto" (see layers.py)."""
     arch = specs.architecture_from_config(model_cfg)
     eps = model_cfg.bn_eps if bn_eps is None else bn_eps
-    return Network(arch, float(model_cfg.dropout), float(eps), float(model_cfg.bn_decay), dtype, frozen_backbone)
+    impl = conv_impl or model_cfg.get("conv_impl", None) or "auto"
+    layers.resolve_impl(impl)  # a bad name fails here, not inside a trace
+    return Network(arch, float(model_cfg.dropout), float(eps), float(model_cfg.bn_decay), dtype, frozen_backbone,
+                   impl)
 
 
 def init_variables(network: Network, seed: int = 0, image_size: int = 224):

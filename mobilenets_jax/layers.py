@@ -1,0 +1,333 @@
+"""Depthwise and grouped convolutions that XLA compiles well, forward and backward.
+
+XLA lowers `feature_group_count` convolutions to a generic grouped kernel that is slow on CPU,
+and their gradients slower still (jax issue 13800): on a 2-core CPU one MobileNetV3-Small
+training step spends most of its time there. The same arithmetic written as plain array ops
+fuses into a few memory-bound loops:
+
+- depthwise k x k: k*k shifted, strided slices of the padded input, each times one kernel row
+  (a multiply-add per tap); its input gradient is the same loop over the (dilated) output
+  gradient with the flipped kernel, its kernel gradient k*k sums of products;
+- grouped 1x1 (ShuffleNetV1): one batched matrix multiply over the groups.
+
+`conv_general_dilated(impl)` returns a drop-in replacement for `lax.conv_general_dilated` for
+`flax.linen.Conv`, so the parameters (names, shapes, initialisation) are exactly those of the
+reference path, and checkpoints and canonical weights do not know which path ran. Convolutions
+it has no faster form for go to `lax.conv_general_dilated` unchanged.
+
+impl: "xla" always uses lax.conv_general_dilated (the reference), "fast" always the forms
+above, "auto" the fast forms on CPU and XLA's own kernels on GPU/TPU (cuDNN has depthwise
+kernels). tests/test_fast_conv.py proves values and gradients equal.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "fast", "xla")
+
+
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+    """'fast' or 'xla' for `impl` on `platform` (default: the default backend's)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl={impl!r} is not one of {', '.join(CONV_IMPLS)}")
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    return "fast" if platform == "cpu" else "xla"
+
+
+# ----------------------------------------------------------------------------- depthwise
+
+
+def _taps(xp, kernel: int, stride: tuple, out_hw: tuple):
+    """(i, j, xp[:, i::sh, j::sw, :] cut to the output size) for every kernel tap."""
+    n, _, _, c = xp.shape
+    (sh, sw), (ho, wo) = stride, out_hw
+    for i in range(kernel):
+        for j in range(kernel):
+            yield i, j, lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                                  (1, sh, sw, 1))
+
+
+def _shifted_mac(xp, w, stride: tuple, out_hw: tuple):
+    """sum over taps of strided slices of the padded input times the tap's per-channel weight.
+
+    w: (k, k, C)."""
+    out = None
+    for i, j, tap in _taps(xp, w.shape[0], stride, out_hw):
+        term = tap * w[i, j]
+        out = term if out is None else out + term
+    return out
+
+
+def _pad_hw(x, padding, interior: tuple = (0, 0)):
+    """x padded in H and W, materialised once (see _shifted_mac)."""
+    (pt, pb), (pl, pr) = padding
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, interior[0]), (pl, pr, interior[1]), (0, 0, 0)))
+    # Without the barrier XLA fuses the pad, and whatever computed x (BatchNorm, activation),
+    # into each of the k*k tap slices and writes every tap to memory separately.
+    return lax.optimization_barrier(xp)
+
+
+def _out_size(size: int, pad: tuple, kernel: int, stride: int) -> int:
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv(x, w, stride: tuple, padding: tuple):
+    """Depthwise convolution, NHWC input x, kernel w of shape (k, k, C) (HWIO's (k, k, 1, C) squeezed).
+
+    stride: (sh, sw); padding: ((top, bottom), (left, right)), non-negative."""
+    return _depthwise_forward(x, w, stride, padding)
+
+
+def _depthwise_forward(x, w, stride, padding):
+    k = w.shape[0]
+    out_hw = (_out_size(x.shape[1], padding[0], k, stride[0]), _out_size(x.shape[2], padding[1], k, stride[1]))
+    return _shifted_mac(_pad_hw(x, padding), w, stride, out_hw)
+
+
+def _depthwise_fwd(x, w, stride, padding):
+    return _depthwise_forward(x, w, stride, padding), (x, w)
+
+
+def _depthwise_input_grad(g, w, x_shape, stride, padding):
+    """The transposed convolution: g dilated by the stride, padded, correlated with the flipped kernel.
+
+    With gd = g with (s - 1) zeros between rows/columns, dx[y] = sum_i gd[y + pad_lo - i] w[i], a
+    stride-1 correlation of gd padded by k - 1 - pad_lo before and cut to len(x) + k - 1."""
+    k = w.shape[0]
+    (sh, sw), ((pt, _), (pl, _)) = stride, padding
+    _, h, wd, _ = x_shape
+    _, ho, wo, _ = g.shape
+    dil_h, dil_w = (ho - 1) * sh + 1, (wo - 1) * sw + 1
+    gp = _pad_hw(g, ((k - 1 - pt, h + pt - dil_h), (k - 1 - pl, wd + pl - dil_w)), (sh - 1, sw - 1))
+    return _shifted_mac(gp, w[::-1, ::-1], (1, 1), (h, wd))
+
+
+def _sum_of_products(xp, g, kernel: int, stride: tuple):
+    """(k*k, C): for every tap, sum over n, y, x of xp[n, y*sh + i, x*sw + j, c] * g[n, y, x, c].
+
+    One variadic reduce, so all taps are summed in a single pass over xp and g (k*k separate
+    reductions would each read both arrays again, and XLA:CPU hands them to a library call
+    that needs every tap slice written out first)."""
+    products = tuple(tap * g for _, _, tap in _taps(xp, kernel, stride, g.shape[1:3]))
+    zeros = tuple(jnp.zeros((), g.dtype) for _ in products)
+    sums = lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
+    return jnp.stack(sums)
+
+
+_CHUNK_BYTES = 2 << 20  # an L2/L3-sized slice of the batch for the kernel gradient
+
+
+def _batch_chunk(n: int, bytes_per_example: int) -> int:
+    """The largest divisor of n whose examples fit in _CHUNK_BYTES (at least 1)."""
+    fitting = [d for d in range(1, n + 1) if n % d == 0 and d * bytes_per_example <= _CHUNK_BYTES]
+    return max(fitting, default=1)
+
+
+def _depthwise_kernel_grad(x, g, k, stride, padding):
+    """dw[i, j, c] = sum over n, y, x of xpad[n, y*sh + i, x*sw + j, c] * g[n, y, x, c].
+
+    Summed a few examples at a time (lax.scan over batch chunks), so that the k*k products of
+    one chunk are formed while it is still in cache: 3-6x faster than one pass over the batch."""
+    xp = _pad_hw(x, padding)
+    n, c = x.shape[0], x.shape[-1]
+    chunk = _batch_chunk(n, xp[0].size * xp.dtype.itemsize)
+    if chunk == n:
+        sums = _sum_of_products(xp, g, k, stride)
+    else:
+        def add_chunk(total, pair):
+            return total + _sum_of_products(pair[0], pair[1], k, stride), None
+
+        chunks = (xp.reshape(n // chunk, chunk, *xp.shape[1:]), g.reshape(n // chunk, chunk, *g.shape[1:]))
+        sums, _ = lax.scan(add_chunk, jnp.zeros((k * k, c), g.dtype), chunks)
+    return sums.reshape(k, k, c)
+
+
+def _depthwise_bwd(stride, padding, residuals, g):
+    x, w = residuals
+    dx = _depthwise_input_grad(g, w, x.shape, stride, padding)
+    dw = _depthwise_kernel_grad(x, g, w.shape[0], stride, padding)
+    return dx, dw.astype(w.dtype)
+
+
+depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+# ----------------------------------------------------------------------------- grouped 1x1
+
+
+def grouped_pointwise_conv(x, w, groups: int = 1):
+    """1x1 convolution with `groups` groups as one (batched) matmul; w: HWIO (1, 1, C_in / g, C_out).
+
+    As a dot, its gradients are dots too; XLA's gradient of a 1x1 convolution is a convolution
+    with a window as large as the image, which XLA:CPU runs at a fraction of matmul speed."""
+    n, h, wd, c_in = x.shape
+    c_out = w.shape[-1]
+    if groups == 1:
+        return (x.reshape(n * h * wd, c_in) @ w.reshape(c_in, c_out)).reshape(n, h, wd, c_out)
+    xg = x.reshape(n * h * wd, groups, c_in // groups)
+    wg = w.reshape(c_in // groups, groups, c_out // groups).transpose(1, 0, 2)  # (g, in/g, out/g)
+    y = jnp.einsum("mgi,gio->mgo", xg, wg)
+    return y.reshape(n, h, wd, c_out)
+
+
+# ----------------------------------------------------------------------------- small dense k x k
+
+
+_PATCH_FEATURES = 64  # im2col only where k*k*C_in is this small (the 3-channel stems)
+
+
+def patches_conv(x, w, stride: tuple, padding: tuple):
+    """Dense k x k convolution as one matmul over im2col patches; w: HWIO (k, k, C_in, C_out).
+
+    For the stems (3 input channels) the patches are small, and both the forward pass and the
+    kernel gradient become single matmuls, where XLA:CPU's kernel gradient of a strided 3x3
+    convolution is a convolution with a 112 x 112 window."""
+    k, _, c_in, c_out = w.shape
+    n = x.shape[0]
+    out_hw = (_out_size(x.shape[1], padding[0], k, stride[0]), _out_size(x.shape[2], padding[1], k, stride[1]))
+    (pt, pb), (pl, pr) = padding
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+    patches = jnp.concatenate([tap for _, _, tap in _taps(xp, k, stride, out_hw)], axis=-1)  # (i, j, c) order
+    y = patches.reshape(-1, k * k * c_in) @ w.reshape(k * k * c_in, c_out)
+    return y.reshape(n, *out_hw, c_out)
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+def _channel_sums(*arrays):
+    """Per-channel sums of NHWC arrays: one variadic reduce over W (a single pass over the data,
+    XLA fuses the producers into it), then the small sums over H and N.
+
+    Summing in three stages keeps float32 rounding at the level of a pairwise sum; one long
+    sequential sum over N*H*W elements loses digits that E[x^2] - E[x]^2 then magnifies."""
+    zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
+    rows = lax.reduce(arrays, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (2,))
+    return tuple(r.sum(axis=1).sum(axis=0) for r in rows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon: float):
+    """(y, mean, var): BatchNorm with batch statistics, as flax.linen.BatchNorm computes them
+    (biased variance, clipped at 0), with a hand-written backward pass. The one-pass variance is
+    taken around a sample of each channel, E[(x-s)^2] - E[x-s]^2, which is exact algebra and
+    loses fewer digits in float32 than Flax's E[x^2] - E[x]^2.
+
+    Autodiff of the Flax formula leaves XLA several reductions per layer, each reading a
+    materialised temporary; here the forward statistics and the backward sums are one pass each."""
+    return _batch_norm_forward(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_forward(x, scale, bias, epsilon):
+    count = x.size // x.shape[-1]
+    shift = lax.stop_gradient(x[0, 0, 0])  # any sample near the mean removes most of the cancellation
+    shifted = x - shift
+    total, total_sq = _channel_sums(shifted, shifted * shifted)
+    shifted_mean = total / count
+    mean = shift + shifted_mean
+    var = jnp.maximum(0.0, total_sq / count - shifted_mean * shifted_mean)
+    inv = lax.rsqrt(var + epsilon)
+    y = (x - mean) * (inv * scale) + bias
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+    del epsilon
+    x, mean, inv, scale = residuals
+    g, g_mean, g_var = cotangents
+    count = x.size // x.shape[-1]
+    centered = x - mean
+    g_bias, g_xhat = _channel_sums(g, g * (centered * inv))
+    g_scale = g_xhat
+    dx = (scale * inv) * (g - g_bias / count - (centered * inv) * (g_xhat / count))
+    dx = dx + g_mean / count + centered * (2.0 * g_var / count)  # through the returned statistics
+    return dx, g_scale, g_bias
+
+
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_bwd)
+
+
+class BatchNorm(nn.Module):
+    """flax.linen.BatchNorm over the last axis: the same variables (params scale, bias;
+    batch_stats mean, var), initial values, running-average update and output, computed
+    with `batch_norm_train` when training."""
+
+    use_running_average: bool
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if self.use_running_average:
+            y = (x32 - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+        else:
+            y, mean, var = batch_norm_train(x32, scale, bias, float(self.epsilon))
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y.astype(self.dtype or x.dtype)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return tuple(map(tuple, dimension_numbers)) == tuple(map(tuple, _NHWC))
+    return dimension_numbers == ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_padding(padding):
+    if isinstance(padding, str):
+        return None
+    padding = tuple(tuple(int(v) for v in p) for p in padding)
+    return padding if len(padding) == 2 and all(v >= 0 for p in padding for v in p) else None
+
+
+def fast_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                              precision=None, preferred_element_type=None):
+    """`lax.conv_general_dilated` with depthwise and grouped 1x1 NHWC convolutions rewritten."""
+    plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and batch_group_count == 1
+             and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+             and preferred_element_type is None)
+    explicit = _explicit_padding(padding) if plain else None
+    if explicit is not None and feature_group_count > 1:
+        kh, kw, in_per_group, out = rhs.shape
+        c_in = lhs.shape[-1]
+        if kh == kw and in_per_group == 1 and feature_group_count == c_in and out == c_in:
+            return depthwise_conv(lhs, rhs.reshape(kh, kw, out), tuple(window_strides), explicit)
+    if explicit is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) \
+            and explicit == ((0, 0), (0, 0)):
+        return grouped_pointwise_conv(lhs, rhs, feature_group_count)
+    if explicit is not None and feature_group_count == 1 and rhs.shape[0] == rhs.shape[1] > 1 \
+            and rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= _PATCH_FEATURES:
+        return patches_conv(lhs, rhs, tuple(window_strides), explicit)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+                                    precision=precision, preferred_element_type=preferred_element_type)
+
+
+def conv_general_dilated(impl: str = "auto"):
+    """The convolution function for flax.linen.Conv(conv_general_dilated=...) under `impl`."""
+    return fast_conv_general_dilated if resolve_impl(impl) == "fast" else lax.conv_general_dilated
