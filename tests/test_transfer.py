@@ -101,3 +101,21 @@ def test_mindspore_fine_tunes_and_predicts_what_jax_predicts_with_its_weights(tm
         assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
         np.testing.assert_allclose([t["probability"] for t in a["top"]], [t["probability"] for t in b["top"]],
                                    atol=1e-4)
+
+
+def test_timm_weights_evaluate_the_same_through_both_engines_cli(tmp_path, timm_weights):
+    """`--mode=eval --config.init.weights=<timm file>` with no checkpoint: the same validation loss
+    and Top-1 on both engines (the logits themselves equal timm's: tests/test_timm_parity.py)."""
+    write_digit_folder(tmp_path / "photos")
+    common = ["--config=configs/mnv3_transfer.py", f"--config.dataset.path={tmp_path / 'photos'}",
+              "--config.model.width=0.75", "--config.dataset.image_size=32", "--config.model.num_classes=10",
+              f"--config.init.weights={timm_weights}", "--mode=eval"]
+    results = {}
+    for backend in ("jax", "mindspore"):
+        out = run_main(*common, f"--workdir={tmp_path / backend}", f"--backend={backend}")
+        line = next(line for line in out.splitlines() if line.startswith("result: "))
+        assert line.endswith(f"ckpt={timm_weights}")
+        rows = [json.loads(r) for r in open(tmp_path / backend / "metrics.jsonl")]
+        results[backend] = rows[-1]
+    assert results["jax"]["top1"] == results["mindspore"]["top1"]
+    assert results["jax"]["loss"] == pytest.approx(results["mindspore"]["loss"], rel=1e-5)
