@@ -17,7 +17,8 @@ it has no faster form for go to `lax.conv_general_dilated` unchanged.
 
 impl: "xla" always uses lax.conv_general_dilated (the reference), "fast" always the forms
 above, "auto" the fast forms on CPU and XLA's own kernels on GPU/TPU (cuDNN has depthwise
-kernels). tests/test_fast_conv.py proves values and gradients equal.
+kernels). On CPU the model tests (timm and engine parity) run this path; a dedicated test of
+values and gradients against feature_group_count is still to be written (issue 6).
 """
 from __future__ import annotations
 
@@ -67,12 +68,8 @@ def _shifted_mac(xp, w, stride: tuple, out_hw: tuple):
 
 
 def _pad_hw(x, padding, interior: tuple = (0, 0)):
-    """x padded in H and W, materialised once (see _shifted_mac)."""
     (pt, pb), (pl, pr) = padding
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, interior[0]), (pl, pr, interior[1]), (0, 0, 0)))
-    # Without the barrier XLA fuses the pad, and whatever computed x (BatchNorm, activation),
-    # into each of the k*k tap slices and writes every tap to memory separately.
-    return lax.optimization_barrier(xp)
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, interior[0]), (pl, pr, interior[1]), (0, 0, 0)))
 
 
 def _out_size(size: int, pad: tuple, kernel: int, stride: int) -> int:
@@ -84,30 +81,31 @@ def depthwise_conv(x, w, stride: tuple, padding: tuple):
     """Depthwise convolution, NHWC input x, kernel w of shape (k, k, C) (HWIO's (k, k, 1, C) squeezed).
 
     stride: (sh, sw); padding: ((top, bottom), (left, right)), non-negative."""
-    return _depthwise_forward(x, w, stride, padding)
-
-
-def _depthwise_forward(x, w, stride, padding):
-    k = w.shape[0]
-    out_hw = (_out_size(x.shape[1], padding[0], k, stride[0]), _out_size(x.shape[2], padding[1], k, stride[1]))
-    return _shifted_mac(_pad_hw(x, padding), w, stride, out_hw)
+    return _depthwise_fwd(x, w, stride, padding)[0]
 
 
 def _depthwise_fwd(x, w, stride, padding):
-    return _depthwise_forward(x, w, stride, padding), (x, w)
+    k = w.shape[0]
+    out_hw = (_out_size(x.shape[1], padding[0], k, stride[0]), _out_size(x.shape[2], padding[1], k, stride[1]))
+    # The padded input is written once, read by the k*k taps here and kept for the kernel
+    # gradient. The barrier keeps XLA from fusing the pad, and whatever computed x (BatchNorm,
+    # activation), into every tap slice, which writes each tap to memory separately.
+    xp = lax.optimization_barrier(_pad_hw(x, padding))
+    return _shifted_mac(xp, w, stride, out_hw), (xp, w)
 
 
-def _depthwise_input_grad(g, w, x_shape, stride, padding):
+def _depthwise_input_grad(g, w, in_hw, stride, padding):
     """The transposed convolution: g dilated by the stride, padded, correlated with the flipped kernel.
 
     With gd = g with (s - 1) zeros between rows/columns, dx[y] = sum_i gd[y + pad_lo - i] w[i], a
     stride-1 correlation of gd padded by k - 1 - pad_lo before and cut to len(x) + k - 1."""
     k = w.shape[0]
     (sh, sw), ((pt, _), (pl, _)) = stride, padding
-    _, h, wd, _ = x_shape
+    h, wd = in_hw
     _, ho, wo, _ = g.shape
     dil_h, dil_w = (ho - 1) * sh + 1, (wo - 1) * sw + 1
-    gp = _pad_hw(g, ((k - 1 - pt, h + pt - dil_h), (k - 1 - pl, wd + pl - dil_w)), (sh - 1, sw - 1))
+    gp = lax.optimization_barrier(
+        _pad_hw(g, ((k - 1 - pt, h + pt - dil_h), (k - 1 - pl, wd + pl - dil_w)), (sh - 1, sw - 1)))
     return _shifted_mac(gp, w[::-1, ::-1], (1, 1), (h, wd))
 
 
@@ -132,29 +130,30 @@ def _batch_chunk(n: int, bytes_per_example: int) -> int:
     return max(fitting, default=1)
 
 
-def _depthwise_kernel_grad(x, g, k, stride, padding):
-    """dw[i, j, c] = sum over n, y, x of xpad[n, y*sh + i, x*sw + j, c] * g[n, y, x, c].
+def _depthwise_kernel_grad(xp, g, k, stride):
+    """dw[i, j, c] = sum over n, y, x of xp[n, y*sh + i, x*sw + j, c] * g[n, y, x, c] (xp: padded input).
 
-    Summed a few examples at a time (lax.scan over batch chunks), so that the k*k products of
-    one chunk are formed while it is still in cache: 3-6x faster than one pass over the batch."""
-    xp = _pad_hw(x, padding)
-    n, c = x.shape[0], x.shape[-1]
+    Summed a few examples at a time (a loop over batch chunks), so that the k*k products of one
+    chunk are formed while it is still in cache: 3-6x faster than one pass over the batch."""
+    n, c = xp.shape[0], xp.shape[-1]
     chunk = _batch_chunk(n, xp[0].size * xp.dtype.itemsize)
     if chunk == n:
-        sums = _sum_of_products(xp, g, k, stride)
-    else:
-        def add_chunk(total, pair):
-            return total + _sum_of_products(pair[0], pair[1], k, stride), None
+        return _sum_of_products(xp, g, k, stride).reshape(k, k, c)
 
-        chunks = (xp.reshape(n // chunk, chunk, *xp.shape[1:]), g.reshape(n // chunk, chunk, *g.shape[1:]))
-        sums, _ = lax.scan(add_chunk, jnp.zeros((k * k, c), g.dtype), chunks)
-    return sums.reshape(k, k, c)
+    def add_chunk(i, total):
+        start = i * chunk
+        return total + _sum_of_products(lax.dynamic_slice_in_dim(xp, start, chunk),
+                                        lax.dynamic_slice_in_dim(g, start, chunk), k, stride)
+
+    return lax.fori_loop(0, n // chunk, add_chunk, jnp.zeros((k * k, c), g.dtype)).reshape(k, k, c)
 
 
 def _depthwise_bwd(stride, padding, residuals, g):
-    x, w = residuals
-    dx = _depthwise_input_grad(g, w, x.shape, stride, padding)
-    dw = _depthwise_kernel_grad(x, g, w.shape[0], stride, padding)
+    xp, w = residuals
+    (pt, pb), (pl, pr) = padding
+    in_hw = (xp.shape[1] - pt - pb, xp.shape[2] - pl - pr)
+    dx = _depthwise_input_grad(g, w, in_hw, stride, padding)
+    dw = _depthwise_kernel_grad(xp, g, w.shape[0], stride)
     return dx, dw.astype(w.dtype)
 
 
@@ -177,28 +176,6 @@ def grouped_pointwise_conv(x, w, groups: int = 1):
     wg = w.reshape(c_in // groups, groups, c_out // groups).transpose(1, 0, 2)  # (g, in/g, out/g)
     y = jnp.einsum("mgi,gio->mgo", xg, wg)
     return y.reshape(n, h, wd, c_out)
-
-
-# ----------------------------------------------------------------------------- small dense k x k
-
-
-_PATCH_FEATURES = 64  # im2col only where k*k*C_in is this small (the 3-channel stems)
-
-
-def patches_conv(x, w, stride: tuple, padding: tuple):
-    """Dense k x k convolution as one matmul over im2col patches; w: HWIO (k, k, C_in, C_out).
-
-    For the stems (3 input channels) the patches are small, and both the forward pass and the
-    kernel gradient become single matmuls, where XLA:CPU's kernel gradient of a strided 3x3
-    convolution is a convolution with a 112 x 112 window."""
-    k, _, c_in, c_out = w.shape
-    n = x.shape[0]
-    out_hw = (_out_size(x.shape[1], padding[0], k, stride[0]), _out_size(x.shape[2], padding[1], k, stride[1]))
-    (pt, pb), (pl, pr) = padding
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-    patches = jnp.concatenate([tap for _, _, tap in _taps(xp, k, stride, out_hw)], axis=-1)  # (i, j, c) order
-    y = patches.reshape(-1, k * k * c_in) @ w.reshape(k * k * c_in, c_out)
-    return y.reshape(n, *out_hw, c_out)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -319,9 +296,6 @@ def fast_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
     if explicit is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) \
             and explicit == ((0, 0), (0, 0)):
         return grouped_pointwise_conv(lhs, rhs, feature_group_count)
-    if explicit is not None and feature_group_count == 1 and rhs.shape[0] == rhs.shape[1] > 1 \
-            and rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= _PATCH_FEATURES:
-        return patches_conv(lhs, rhs, tuple(window_strides), explicit)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, batch_group_count=batch_group_count,
