@@ -60,11 +60,14 @@ def _shifted_mac(xp, w, stride: tuple, out_hw: tuple):
     """sum over taps of strided slices of the padded input times the tap's per-channel weight.
 
     w: (k, k, C)."""
-    out = None
-    for i, j, tap in _taps(xp, w.shape[0], stride, out_hw):
-        term = tap * w[i, j]
-        out = term if out is None else out + term
-    return out
+    return _tree_sum([tap * w[i, j] for i, j, tap in _taps(xp, w.shape[0], stride, out_hw)])
+
+
+def _tree_sum(terms: list):
+    """Pairwise sum: a dependency chain of log2(len) additions instead of len."""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def _pad_hw(x, padding, interior: tuple = (0, 0)):
@@ -109,16 +112,16 @@ def _depthwise_input_grad(g, w, in_hw, stride, padding):
     return _shifted_mac(gp, w[::-1, ::-1], (1, 1), (h, wd))
 
 
-def _sum_of_products(xp, g, kernel: int, stride: tuple):
+def _sum_of_products(xp, g, kernel: int, stride: tuple, axes: tuple):
     """(k*k, C): for every tap, sum over n, y, x of xp[n, y*sh + i, x*sw + j, c] * g[n, y, x, c].
 
-    One variadic reduce, so all taps are summed in a single pass over xp and g (k*k separate
-    reductions would each read both arrays again, and XLA:CPU hands them to a library call
-    that needs every tap slice written out first)."""
+    One variadic reduce over `axes`, so all taps are summed in a single pass over xp and g (k*k
+    separate reductions would each read both arrays again, and XLA:CPU hands them to a library
+    call that needs every tap slice written out first); what is left is summed after."""
     products = tuple(tap * g for _, _, tap in _taps(xp, kernel, stride, g.shape[1:3]))
     zeros = tuple(jnp.zeros((), g.dtype) for _ in products)
-    sums = lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
-    return jnp.stack(sums)
+    sums = lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+    return jnp.stack([partial.reshape(-1, g.shape[-1]).sum(axis=0) for partial in sums])
 
 
 _CHUNK_BYTES = 2 << 20  # an L2/L3-sized slice of the batch for the kernel gradient
@@ -134,16 +137,20 @@ def _depthwise_kernel_grad(xp, g, k, stride):
     """dw[i, j, c] = sum over n, y, x of xp[n, y*sh + i, x*sw + j, c] * g[n, y, x, c] (xp: padded input).
 
     Summed a few examples at a time (a loop over batch chunks), so that the k*k products of one
-    chunk are formed while it is still in cache: 3-6x faster than one pass over the batch."""
+    chunk are formed while it is still in cache: 3-6x faster than one pass over the batch. Where
+    at least 4 examples fit in a chunk (the later, smaller layers), the chunk is first summed
+    over its examples only: a plain vectorised accumulation over (y, x, c), 1.3-1.5x faster
+    there than reducing all of (n, y, x) at once; on the large early layers it is slower."""
     n, c = xp.shape[0], xp.shape[-1]
     chunk = _batch_chunk(n, xp[0].size * xp.dtype.itemsize)
+    axes = (0,) if chunk >= 4 else (0, 1, 2)
     if chunk == n:
-        return _sum_of_products(xp, g, k, stride).reshape(k, k, c)
+        return _sum_of_products(xp, g, k, stride, axes).reshape(k, k, c)
 
     def add_chunk(i, total):
         start = i * chunk
         return total + _sum_of_products(lax.dynamic_slice_in_dim(xp, start, chunk),
-                                        lax.dynamic_slice_in_dim(g, start, chunk), k, stride)
+                                        lax.dynamic_slice_in_dim(g, start, chunk), k, stride, axes)
 
     return lax.fori_loop(0, n // chunk, add_chunk, jnp.zeros((k * k, c), g.dtype)).reshape(k, k, c)
 
@@ -178,18 +185,59 @@ def grouped_pointwise_conv(x, w, groups: int = 1):
     return y.reshape(n, h, wd, c_out)
 
 
+# ----------------------------------------------------------------------------- stems
+
+
+_STEM_INPUTS = 4  # dense k x k convolutions with at most this many input channels: the RGB stems
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def stem_conv(x, w, stride: tuple, padding: tuple):
+    """Dense k x k convolution of a few-channel image (w: HWIO, C_in <= 4) as k*k*C_in
+    broadcast multiply-adds, one fused loop over the output (2x faster than XLA:CPU's generic
+    convolution for 3 input channels). The backward pass is XLA's own: its kernel gradient is
+    a well-shaped matmul for the library, and the image's gradient is never needed."""
+    k, _, c_in, _ = w.shape
+    out_hw = (_out_size(x.shape[1], padding[0], k, stride[0]), _out_size(x.shape[2], padding[1], k, stride[1]))
+    xp = _pad_hw(x, padding)
+    return _tree_sum([tap[..., c:c + 1] * w[i, j, c] for i, j, tap in _taps(xp, k, stride, out_hw)
+                      for c in range(c_in)])
+
+
+def _stem_fwd(x, w, stride, padding):
+    return stem_conv(x, w, stride, padding), (x, w)
+
+
+def _stem_bwd(stride, padding, residuals, g):
+    x, w = residuals
+    _, pullback = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_NHWC), x, w)
+    return pullback(g)
+
+
+stem_conv.defvjp(_stem_fwd, _stem_bwd)
+
+
 # ----------------------------------------------------------------------------- batch norm
 
 
-def _channel_sums(*arrays):
-    """Per-channel sums of NHWC arrays: one variadic reduce over W (a single pass over the data,
-    XLA fuses the producers into it), then the small sums over H and N.
+_FOLD_LANES = 512  # channels x folded columns summed side by side in the reduction's inner loop
 
-    Summing in three stages keeps float32 rounding at the level of a pairwise sum; one long
-    sequential sum over N*H*W elements loses digits that E[x^2] - E[x]^2 then magnifies."""
+
+def _channel_sums(*arrays):
+    """Per-channel sums of NHWC arrays: one variadic reduce (a single pass over the data, XLA
+    fuses the producers into it) down to (N, H, f*C), then the small remaining sums.
+
+    f columns are folded into the channel axis, (N, H, W, C) -> (N, H, W/f, f*C): XLA:CPU's
+    reduction loop vectorises over the kept minor axis, and 16 channels alone leave it idle
+    (2-3x faster for the early layers). Summing in stages also keeps float32 rounding at the
+    level of a pairwise sum, where one sequential sum over N*H*W values loses digits that
+    E[x^2] - E[x]^2 then magnifies."""
+    n, h, w, c = arrays[0].shape
+    fold = max(f for f in range(1, w + 1) if w % f == 0 and f * c <= max(_FOLD_LANES, c))
+    folded = tuple(a.reshape(n, h, w // fold, fold * c) for a in arrays)
     zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
-    rows = lax.reduce(arrays, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (2,))
-    return tuple(r.sum(axis=1).sum(axis=0) for r in rows)
+    rows = lax.reduce(folded, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (2,))
+    return tuple(r.reshape(n, h, fold, c).sum(axis=(1, 2)).sum(axis=0) for r in rows)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -296,6 +344,8 @@ def fast_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
     if explicit is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) \
             and explicit == ((0, 0), (0, 0)):
         return grouped_pointwise_conv(lhs, rhs, feature_group_count)
+    if explicit is not None and feature_group_count == 1 and rhs.shape[2] <= _STEM_INPUTS:
+        return stem_conv(lhs, rhs, tuple(window_strides), explicit)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, batch_group_count=batch_group_count,
