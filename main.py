@@ -1,6 +1,7 @@
 """mobilenets command line: one recipe, two engines.
 
     python main.py --config=configs/mnv3_small.py --workdir=DIR [--backend=jax|mindspore] [--mode=summary]
+    python main.py --config=configs/mnv3_small.py --mode=bench [--config.bench.batch_size=256]
 
 `--config.section.key=value` overrides any field of the recipe (unknown keys are rejected).
 """
@@ -19,7 +20,7 @@ from ml_collections import config_flags
 from configs import base
 from mobilenets_core import config_check, failures, specs
 
-MODES = ("train", "eval", "predict", "export", "convert", "summary")
+MODES = ("train", "eval", "predict", "export", "convert", "summary", "bench")
 BACKENDS = ("jax", "mindspore")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/mnv3_small.py[:variant].",
@@ -28,7 +29,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and log
 flags.DEFINE_enum("backend", "jax", BACKENDS, "Engine that runs the recipe.")
 flags.DEFINE_enum("mode", "train", MODES, "train (resumes from the newest checkpoint in --workdir), "
                   "eval (newest or eval.checkpoint), predict (top-5 of predict.inputs), export (deployment "
-                  "files), convert (weights between formats), summary (params and MACs).")
+                  "files), convert (weights between formats), summary (params and MACs), bench (training and inference "
+                  "images/s on synthetic data; no --workdir, nothing written).")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -76,7 +78,7 @@ def engine(backend: str):
 
 # mode -> (module of the engine package, function(config, workdir))
 ENTRY_POINTS = {"train": ("train", "train_and_evaluate"), "eval": ("train", "evaluate"),
-                "predict": ("train", "predict"), "export": ("export", "export")}
+                "predict": ("train", "predict"), "export": ("export", "export"), "bench": ("bench", "bench")}
 
 
 def engine_function(backend: str, mode: str):
@@ -123,7 +125,7 @@ def main(argv):
         except (config_check.ConfigError, failures.RunError) as e:
             sys.exit(f"error: {e}")
         return
-    if not FLAGS.workdir:
+    if not FLAGS.workdir and FLAGS.mode != "bench":
         sys.exit(f"error: --mode={FLAGS.mode} needs --workdir=DIR (checkpoints, metrics.jsonl and logs go there)")
     function = engine_function(FLAGS.backend, FLAGS.mode)
     if function is None:

@@ -56,7 +56,7 @@ def test_cifar10_variant_of_mnv1_has_ten_classes():
 @pytest.mark.parametrize("args,message", [
     (["--config.model.widht=0.5"],
      "error: unknown config key 'model.widht' (did you mean model.width?); valid keys in model: bn_decay, bn_eps, "
-     "dropout, groups, name, num_classes, width"),
+     "conv_impl, dropout, groups, name, num_classes, width"),
     (["--config.modle.width=0.5"], "error: unknown config key 'modle.width' (did you mean model?); valid keys in the config:"),
     (["--config.model.width=0.35"],
      "error: model.width=0.35 is not supported for mobilenet_v3_small; supported widths: 0.5, 0.75, 1.0"),

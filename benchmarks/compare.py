@@ -1,0 +1,247 @@
+"""Side-by-side throughput: our JAX and MindSpore engines against timm (PyTorch) and mindcv.
+
+    .venv/bin/python benchmarks/compare.py --families mobilenet_v3_small mobilenet_v1 \\
+        --rounds 3 --out benchmarks/results/cpu_mnv3s_mnv1.md
+
+Every measurement is one subprocess (our engines through `--mode=bench`'s function via
+benchmarks/run_ours.py, the peers through benchmarks/peer_timm.py and peer_mindcv.py in their
+own environments, see shared/tools/peer_env.sh), so no engine shares a process, a thread pool
+or an allocator with another. A round runs every (family, engine) once; the engine order
+rotates from round to round, so background load on a shared machine falls on all engines
+alike. Each process reports the median of its own timed repeats; the table shows the median
+over rounds, the spread over rounds, and ratios ours / peer of those medians together with
+the range of the per-round ratios (each taken from measurements minutes apart, not hours).
+
+Protocol (same for all four): batch --batch, --size x --size, float32, random data created
+once on the device; a training step = forward + softmax cross-entropy + backward + SGD with
+momentum 0.9 (weight decay 1e-5); inference = forward in eval mode. On a GPU (--device gpu)
+timm runs with AMP autocast and channels_last (timm's own --amp --channels-last) and our JAX
+engine with train.dtype=bfloat16; mindcv is left out there (it targets Ascend).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(ROOT, "benchmarks")
+
+# family -> (our model fields, timm name, mindcv name); None: the peer has no such model.
+FAMILIES = {
+    "mobilenet_v3_small": ({"model": "mobilenet_v3_small"}, "mobilenetv3_small_100", "mobilenet_v3_small_100"),
+    "mobilenet_v3_large": ({"model": "mobilenet_v3_large"}, "mobilenetv3_large_100", "mobilenet_v3_large_100"),
+    "mobilenet_v1": ({"model": "mobilenet_v1"}, "mobilenetv1_100", "mobilenet_v1_100"),
+    "shufflenet_v1": ({"model": "shufflenet_v1", "groups": 3}, None, "shufflenet_v1_g3_10"),
+}
+ENGINES = ("jax", "mindspore", "timm", "mindcv", "jax-xla")  # jax-xla: our JAX engine with conv_impl=xla
+PEER_OF = {"jax": "timm", "jax-xla": "timm", "mindspore": "mindcv"}
+
+
+def command(engine: str, family: str, args) -> list[str] | None:
+    ours, timm_name, mindcv_name = FAMILIES[family]
+    common = ["--batch", str(args.batch), "--size", str(args.size), "--warmup", str(args.warmup),
+              "--steps", str(args.steps), "--repeats", str(args.repeats)]
+    if engine in ("jax", "jax-xla", "mindspore"):
+        cmd = [sys.executable, os.path.join(HERE, "run_ours.py"), "--backend",
+               "mindspore" if engine == "mindspore" else "jax", "--model", ours["model"], *common]
+        if "groups" in ours:
+            cmd += ["--groups", str(ours["groups"])]
+        if engine == "jax-xla":
+            cmd += ["--conv-impl", "xla"]
+        if engine == "mindspore" and args.device == "gpu":
+            return None
+        if engine.startswith("jax") and args.device == "gpu":
+            cmd += ["--dtype", "bfloat16"]
+        return cmd
+    if engine == "timm":
+        if timm_name is None:
+            return None
+        cmd = [args.torch_python, os.path.join(HERE, "peer_timm.py"), "--model", timm_name, *common]
+        return cmd + (["--device", "cuda", "--amp"] if args.device == "gpu" else [])
+    if engine == "mindcv":
+        if mindcv_name is None or args.device == "gpu":
+            return None
+        return [args.mindcv_python, os.path.join(HERE, "peer_mindcv.py"), "--model", mindcv_name, *common]
+    raise ValueError(engine)
+
+
+def run_one(cmd: list[str], env: dict, timeout: int) -> dict:
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-600:]}"}
+    record = json.loads(lines[-1])
+    record["wall_s"] = round(time.time() - start, 1)
+    return record
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    memory = ""
+    try:
+        with open("/proc/meminfo") as f:
+            memory = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory": memory, "os": platform.platform(),
+            "python": platform.python_version()}
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def fmt(value, digits=1):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summarize(records: list[dict], families, engines) -> list[dict]:
+    """One row per (family, engine): medians over rounds and same-round ratios against the peer."""
+    rows = []
+    for family in families:
+        by_engine = {e: [r for r in records if r["family"] == family and r["engine"] == e and "error" not in r]
+                     for e in engines}
+        for engine in engines:
+            runs = by_engine[engine]
+            if not runs:
+                continue
+            train = [r["train_images_per_sec"] for r in runs]
+            infer = [r["infer_images_per_sec"] for r in runs]
+            row = {"family": family, "engine": engine, "model": runs[0]["model"], "rounds": len(runs),
+                   "train": median(train), "train_min": min(train), "train_max": max(train), "infer": median(infer),
+                   "peak_memory_gib": median([r["peak_memory"] for r in runs]) / 2**30,
+                   "step_ms": median([r["step_ms"] for r in runs])}
+            peer = PEER_OF.get(engine)
+            peer_runs = by_engine.get(peer) or []
+            if peer_runs:
+                row["peer"] = peer
+                row["train_ratio"] = row["train"] / median([r["train_images_per_sec"] for r in peer_runs])
+                row["infer_ratio"] = row["infer"] / median([r["infer_images_per_sec"] for r in peer_runs])
+                per_round = [o["train_images_per_sec"] / p["train_images_per_sec"] for o in runs for p in peer_runs
+                             if o["round"] == p["round"]]
+                row["train_ratio_range"] = (min(per_round), max(per_round)) if per_round else None
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], info: dict, argv: list[str], started: str, loads: tuple, args) -> str:
+    lines = [f"Measured {started} UTC on {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['memory']}), "
+             f"{info['os']}; load average before / after: {loads[0]} | {loads[1]}.",
+             f"Command: `{' '.join(shlex.quote(a) for a in argv)}`",
+             f"Batch {args.batch}, {args.size}x{args.size}, {'bfloat16/AMP' if args.device == 'gpu' else 'float32'}, "
+             f"{f'every process pinned to {args.threads} core(s)' if args.threads else 'default threads'}; "
+             f"{args.rounds} rounds, each process {args.warmup} warm-up + median of {args.repeats} x "
+             f"{args.steps} steps.", "",
+             "| model | engine | train img/s (median) | train range | infer img/s | train ratio vs peer "
+             "(per-round range) | infer ratio | step ms | peak RSS GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ratio = "—"
+        if "train_ratio" in row:
+            low, high = row.get("train_ratio_range") or (None, None)
+            ratio = f"**{row['train_ratio']:.2f}x** vs {row['peer']} ({fmt(low, 2)}–{fmt(high, 2)})"
+        infer_ratio = f"{row['infer_ratio']:.2f}x" if "infer_ratio" in row else "—"
+        lines.append(f"| {row['model']} | {row['engine']} | {fmt(row['train'])} | {fmt(row['train_min'])}–"
+                     f"{fmt(row['train_max'])} | {fmt(row['infer'])} | {ratio} | {infer_ratio} | "
+                     f"{fmt(row['step_ms'], 0)} | {row['peak_memory_gib']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--engines", nargs="+", default=["jax", "mindspore", "timm", "mindcv"], choices=ENGINES)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--torch-python", default="/work/peer/torch/bin/python")
+    parser.add_argument("--mindcv-python", default="/work/peer/mindcv/bin/python")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="pin every process to this many cores (taskset) with as many compute threads; "
+                             "0: each framework's default (all cores)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement process")
+    parser.add_argument("--out", help="markdown table to write (raw records go next to it as .jsonl)")
+    return parser.parse_args(argv)
+
+
+def main():
+    args = parse_args()
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    info, load_before = machine_info(), load_average()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GLOG_v="3")
+    # Compile the JAX programs once per configuration: later rounds load them from disk.
+    cache = tempfile.mkdtemp(prefix="mobilenets_jax_cache_")
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["JAX_PLATFORMS"] = "cpu"
+    prefix = []
+    if args.threads:
+        cores = sorted(os.sched_getaffinity(0))[:args.threads]
+        prefix = ["taskset", "-c", ",".join(map(str, cores))]
+        n = str(args.threads)
+        # torch and oneDNN/MKL read these; XLA:CPU and MindSpore size their pools from the affinity mask.
+        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
+    records = []
+    raw = open(os.path.splitext(args.out)[0] + ".jsonl", "a") if args.out else None
+    for round_index in range(args.rounds):
+        shift = round_index % len(args.engines)
+        order = args.engines[shift:] + args.engines[:shift]
+        for family in args.families:
+            for engine in order:
+                cmd = command(engine, family, args)
+                if cmd is None:
+                    continue
+                record = run_one(prefix + cmd, env, args.timeout)
+                record.update(family=family, engine=engine, round=round_index, load=load_average(), started=started)
+                records.append(record)
+                if raw:
+                    raw.write(json.dumps(record) + "\n")
+                    raw.flush()
+                summary = record.get("error") or (f"train {record['train_images_per_sec']} img/s, infer "
+                                                  f"{record['infer_images_per_sec']} img/s, {record['wall_s']} s")
+                print(f"[round {round_index + 1}/{args.rounds}] {family} {engine}: {summary}", flush=True)
+    rows = summarize(records, args.families, args.engines)
+    table = markdown(rows, info, [os.path.relpath(sys.executable, ROOT)] + sys.argv, started,
+                     (load_before, load_average()), args)
+    print(table)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(table)
+        raw.close()
+
+
+if __name__ == "__main__":
+    main()

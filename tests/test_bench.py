@@ -1,0 +1,102 @@
+"""--mode=bench on both engines (one JSON record, no TensorFlow, nothing written) and the
+benchmark script's table arithmetic. No timing is asserted: only keys, shapes and sanity."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config=configs/mnv1.py", "--config.model.width=0.25", "--config.model.num_classes=10",
+        "--config.dataset.image_size=32", "--config.bench.batch_size=4", "--config.bench.warmup_steps=1",
+        "--config.bench.steps=2", "--config.bench.repeats=2"]
+KEYS = {"model", "backend", "device", "batch_size", "image_size", "dtype", "train_images_per_sec",
+        "infer_images_per_sec", "step_ms", "peak_memory"}
+
+# Runs main.py in this interpreter, then reports which heavy frameworks it imported.
+RUN_MAIN = """
+import runpy, sys
+sys.argv = ["main.py"] + sys.argv[1:]
+try:
+    runpy.run_path("main.py", run_name="__main__")
+finally:
+    print("IMPORTED " + " ".join(sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "mindspore", "torch"})))
+"""
+
+
+def run_main(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GLOG_v="3")
+    return subprocess.run([sys.executable, "-c", RUN_MAIN, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def bench_record(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 1, result.stdout
+    imported = [line for line in result.stdout.splitlines() if line.startswith("IMPORTED")][0].split()[1:]
+    return records[0], imported
+
+
+@pytest.mark.parametrize("backend", ["jax", "mindspore"])
+def test_bench_prints_one_record_without_tensorflow_and_writes_nothing(backend, tmp_path):
+    before = sorted(os.listdir(ROOT))
+    record, imported = bench_record(run_main(*TINY, f"--backend={backend}", "--mode=bench"))
+    assert KEYS <= set(record)
+    assert (record["model"], record["backend"], record["batch_size"], record["image_size"]) == \
+        ("mobilenet_v1", backend, 4, 32)
+    assert record["dtype"] == "float32"
+    for key in ("train_images_per_sec", "infer_images_per_sec", "step_ms"):
+        assert math.isfinite(record[key]) and record[key] > 0, key
+    assert record["train_images_per_sec"] == pytest.approx(4 / (record["step_ms"] / 1000), rel=0.02)
+    assert record["peak_memory"] > 2**20
+    assert (record["warmup_steps"], record["steps"], record["repeats"]) == (1, 2, 2)
+    assert "tensorflow" not in imported  # the GPU machines have no TensorFlow
+    assert ("mindspore" in imported) == (backend == "mindspore")
+    assert sorted(os.listdir(ROOT)) == before
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.bench.steps=0", "error: bench.steps=0 must be at least 1"),
+    ("--config.bench.warmup_steps=-1", "error: bench.warmup_steps=-1 must not be negative"),
+    ("--config.model.conv_impl=cudnn", "error: model.conv_impl='cudnn' is not one of: 'auto', 'fast', 'xla'"),
+])
+def test_bench_settings_are_checked_before_any_work(override, message):
+    result = run_main(*TINY, "--mode=bench", override, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == message
+
+
+def _record(family, engine, round_index, train, infer):
+    return {"family": family, "engine": engine, "round": round_index, "model": family, "train_images_per_sec": train,
+            "infer_images_per_sec": infer, "peak_memory": 2**30, "step_ms": 32000 / train}
+
+
+def test_compare_takes_medians_over_rounds_and_same_round_ratios():
+    records = [_record("mobilenet_v1", "jax", 0, 60.0, 200.0), _record("mobilenet_v1", "timm", 0, 50.0, 100.0),
+               _record("mobilenet_v1", "jax", 1, 70.0, 210.0), _record("mobilenet_v1", "timm", 1, 70.0, 110.0),
+               _record("mobilenet_v1", "jax", 2, 66.0, 190.0), _record("mobilenet_v1", "timm", 2, 60.0, 90.0),
+               {"family": "mobilenet_v1", "engine": "mindspore", "round": 0, "error": "exit 1"}]
+    rows = {r["engine"]: r for r in compare.summarize(records, ["mobilenet_v1"], ["jax", "mindspore", "timm"])}
+    assert sorted(rows) == ["jax", "timm"]  # a failed measurement leaves no row
+    jax_row = rows["jax"]
+    assert (jax_row["train"], jax_row["train_min"], jax_row["train_max"], jax_row["infer"]) == (66.0, 60.0, 70.0, 200.0)
+    assert jax_row["peer"] == "timm"
+    assert jax_row["train_ratio"] == pytest.approx(66.0 / 60.0)
+    assert jax_row["infer_ratio"] == pytest.approx(200.0 / 100.0)
+    assert jax_row["train_ratio_range"] == pytest.approx((1.0, 1.2))
+    assert "train_ratio" not in rows["timm"]
+
+
+def test_compare_runs_every_engine_of_a_family_with_the_same_settings():
+    args = compare.parse_args(["--families", "shufflenet_v1", "--batch", "8", "--size", "64"])
+    jax_cmd, ms_cmd = compare.command("jax", "shufflenet_v1", args), compare.command("mindspore", "shufflenet_v1", args)
+    assert compare.command("timm", "shufflenet_v1", args) is None  # timm has no ShuffleNetV1
+    mindcv_cmd = compare.command("mindcv", "shufflenet_v1", args)
+    for cmd in (jax_cmd, ms_cmd, mindcv_cmd):
+        assert cmd[cmd.index("--batch") + 1] == "8" and cmd[cmd.index("--size") + 1] == "64"
+    assert jax_cmd[jax_cmd.index("--groups") + 1] == "3" and "shufflenet_v1_g3_10" in mindcv_cmd
