@@ -19,10 +19,11 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from mobilenets_core import resume_checks
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.failures import CheckpointError
 
-MODEL_KEYS = ("name", "width", "groups", "num_classes")  # what fixes the shapes of a network's tensors
+MODEL_KEYS = resume_checks.MODEL_KEYS
 # TrainState fields a checkpoint written before they existed may lack; they restore fresh.
 FRESH_IF_MISSING = ("loss_scale",)
 
@@ -92,14 +93,7 @@ class Checkpoints:
         """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's
         model.* as a dict); returns the checkpoint's meta."""
         meta = self.meta(step) if meta is None else meta
-        saved = meta.get("model") or {}
-        differ = [k for k in MODEL_KEYS if k in saved and saved[k] != model.get(k)]
-        if differ:
-            raise ConfigError(
-                f"{self.directory} holds checkpoints (newest step {step}) of "
-                + ", ".join(f"model.{k}={saved[k]!r}" for k in differ) + "; this config has "
-                + ", ".join(f"model.{k}={model.get(k)!r}" for k in differ)
-                + ": set the same values to resume or evaluate them, or use another --workdir")
+        resume_checks.check_same_model(self.directory, step, meta, model)
         return meta
 
     def restore(self, step: int, target, *, model: dict | None = None):

@@ -23,10 +23,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mobilenets_core import metrics as metrics_lib
-from mobilenets_core import schedules
+from mobilenets_core import resume_checks, schedules
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
 from mobilenets_core.failures import NonFiniteLoss
+from mobilenets_core.preemption import StopOnSignal  # noqa: F401 - also train.StopOnSignal
 from mobilenets_jax import models
 from mobilenets_jax.checkpoints import Checkpoints
 from mobilenets_jax.optimizers import (LossScale, all_finite, build_optimizer, keep_opt_state_unless,
@@ -226,49 +227,6 @@ def _with_checkpoint_eps(config, trainer: Trainer, meta: dict, steps_per_epoch: 
     return Trainer(config, steps_per_epoch)
 
 
-class StopOnSignal:
-    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint the current step and return
-    (after the step, or the evaluation, under way). A second signal does not wait: it restores the
-    previous handlers and raises KeyboardInterrupt (SIGINT) or SystemExit(128 + signal) (SIGTERM),
-    leaving the checkpoints as they were (a save in flight is never picked half-written)."""
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        import signal
-
-        if self.signal is None:
-            self.signal = signum
-            return
-        self._restore()
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-    def _restore(self):
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def __exit__(self, *exc):
-        self._restore()
-        return False
-
-
 def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
     """Train `config` in `workdir`, resuming from its newest checkpoint; returns the final eval result.
 
@@ -280,19 +238,7 @@ def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
                                    lambda step: signals.signal is not None or (stop is not None and stop(step)))
 
 
-def _model_fields(config) -> dict:
-    return {k: config.model[k] for k in ("name", "width", "groups", "num_classes")}
-
-
-def _check_same_data(checkpoints: Checkpoints, step: int, meta: dict, train_ds) -> None:
-    """Resuming on other classes would silently relabel them: refuse, naming both."""
-    saved = meta.get("class_names")
-    if saved is not None and list(saved) != list(train_ds.class_names):
-        raise ConfigError(f"checkpoint step {step} in {checkpoints.directory} was trained on {meta.get('dataset')!r} "
-                          f"with classes {saved[:10]}{' ...' if len(saved) > 10 else ''}; this config's dataset "
-                          f"{train_ds.name!r} has {train_ds.class_names[:10]}"
-                          f"{' ...' if len(train_ds.class_names) > 10 else ''}: point dataset.* at the same data "
-                          f"to resume, or use another --workdir")
+_model_fields = resume_checks.model_fields
 
 
 def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
@@ -317,7 +263,7 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
         state = trainer.init_state(int(config.train.seed))
     else:
         meta = checkpoints.check_model(latest, _model_fields(config))
-        _check_same_data(checkpoints, latest, meta, train_ds)
+        resume_checks.check_same_data(checkpoints.directory, latest, meta, train_ds)
         state, meta = checkpoints.restore(latest, trainer.abstract_state(int(config.train.seed)))
         trainer = _with_checkpoint_eps(config, trainer, meta, steps_per_epoch)
         say(f"resumed from {checkpoints.directory}/{latest} (step {latest}, epoch {meta['epoch']})")
