@@ -4,9 +4,17 @@
 names, so any MindSpore tool or `init.weights` reads it as a network checkpoint), the optimizer
 state (`moments.*`, `mean_square.*`, `adam_m.*`, `adam_v.*`, `adam_count`), the EMA weights
 (`ema.*`), the loss-scale state and `step`. `ckpt_<step>.json` holds the meta (model fields,
-dataset, class names, epoch, image size). Both are written to a temporary name and renamed, the
-.ckpt last, so a crash never leaves a step that `latest_step` would pick half-written. The JAX
-engine owns workdir/checkpoints/; the two never read each other's directory.
+dataset, class names, epoch, image size). The JAX engine owns workdir/checkpoints/; the two never
+read each other's directory.
+
+What can go wrong, and what the user can rely on:
+- a crash or kill -9 mid-save: both files are written under `.tmp-<step>-<pid>.*` names and
+  renamed, the .ckpt last, so `all_steps` never lists a half-written step; what an interrupted
+  save left behind is removed by `remove_interrupted_saves` when the workdir is next trained in;
+- a save that fails (full disk, permissions) raises `CheckpointError` naming the step and the
+  newest complete checkpoint, which is untouched;
+- a checkpoint of another model (by its meta) raises `ConfigError` naming what differs, and one
+  that cannot be read raises `CheckpointError` naming the step to fall back to.
 """
 from __future__ import annotations
 
@@ -17,7 +25,17 @@ import re
 import mindspore as ms
 import numpy as np
 
+from mobilenets_core import resume_checks
+from mobilenets_core.failures import CheckpointError
+
 _NAME = re.compile(r"^ckpt_(\d+)\.ckpt$")
+_META = re.compile(r"^ckpt_(\d+)\.json$")
+_TEMPORARY = ".tmp-"  # prefix of what a save writes before its renames
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text[:limit]}"
 
 
 class Checkpoints:
@@ -30,6 +48,9 @@ class Checkpoints:
     def path(self, step: int) -> str:
         return os.path.join(self.directory, f"ckpt_{int(step)}.ckpt")
 
+    def meta_path(self, step: int) -> str:
+        return os.path.join(self.directory, f"ckpt_{int(step)}.json")
+
     def all_steps(self) -> list:
         if not os.path.isdir(self.directory):
             return []
@@ -39,34 +60,100 @@ class Checkpoints:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
+    def remove_interrupted_saves(self) -> list:
+        """Delete what a save killed before its last rename left: temporary files, and a meta file
+        whose checkpoint never arrived. Returns the names removed."""
+        if not os.path.isdir(self.directory):
+            return []
+        steps = set(self.all_steps())
+        removed = []
+        for name in sorted(os.listdir(self.directory)):
+            meta = _META.match(name)
+            if name.startswith(_TEMPORARY) or (meta and int(meta.group(1)) not in steps):
+                os.remove(os.path.join(self.directory, name))
+                removed.append(name)
+        return removed
+
     def save(self, step: int, tensors: dict, meta: dict) -> str:
-        """Write {name: Parameter | Tensor | ndarray} and `meta` as checkpoint `step`; prune to `keep`."""
+        """Write {name: Parameter | Tensor | ndarray} and `meta` as checkpoint `step`; prune to `keep`.
+
+        Raises CheckpointError if the files cannot be written; the checkpoints already there stay."""
         step = int(step)
-        stem = os.path.join(self.directory, f".tmp-{step}-{os.getpid()}")
-        with open(stem + ".json", "w") as f:
-            json.dump({**meta, "step": step}, f)
-        os.replace(stem + ".json", self.path(step)[:-len(".ckpt")] + ".json")
-        records = [{"name": name, "data": value if isinstance(value, ms.Tensor) else ms.Tensor(np.asarray(value))}
-                   for name, value in tensors.items()]
-        ms.save_checkpoint(records, stem + ".ckpt")
-        os.replace(stem + ".ckpt", self.path(step))
+        stem = os.path.join(self.directory, f"{_TEMPORARY}{step}-{os.getpid()}")
+        committed = False
+        try:
+            with open(stem + ".json", "w") as f:
+                json.dump({**meta, "step": step}, f)
+            records = [{"name": name, "data": value if isinstance(value, ms.Tensor) else ms.Tensor(np.asarray(value))}
+                       for name, value in tensors.items()]
+            ms.save_checkpoint(records, stem + ".ckpt")
+            with open(stem + ".ckpt", "rb") as f:  # on disk before it gets its name, not only in the page cache
+                os.fsync(f.fileno())
+            os.replace(stem + ".json", self.meta_path(step))
+            os.replace(stem + ".ckpt", self.path(step))
+            committed = True
+        except Exception as e:  # noqa: BLE001 - any failure of the writer is reported the same way
+            raise self._write_error(step, e) from e
+        finally:
+            if not committed:
+                self._remove_quietly(stem + ".json", stem + ".ckpt", stem + ".tmp")
+                if step not in self.all_steps():
+                    self._remove_quietly(self.meta_path(step))
         if self.keep:
             for old in self.all_steps()[:-int(self.keep)]:
-                for suffix in (".ckpt", ".json"):
-                    target = self.path(old)[:-len(".ckpt")] + suffix
-                    if os.path.exists(target):
-                        os.remove(target)
+                self._remove_quietly(self.path(old), self.meta_path(old))
         return self.path(step)
 
+    @staticmethod
+    def _remove_quietly(*paths):
+        for path in paths:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+    def _write_error(self, step: int, error: BaseException) -> CheckpointError:
+        good = [s for s in self.all_steps() if s != step]
+        kept = (f"the newest complete checkpoint, step {good[-1]}, is intact" if good else
+                "there is no complete checkpoint yet")
+        return CheckpointError(f"could not write checkpoint step {step} to {self.directory} ({_first_line(error)}); "
+                               f"{kept}. Free disk space or fix the permissions of the workdir, then run again "
+                               f"to resume")
+
+    def _read_error(self, step: int, error: BaseException) -> CheckpointError:
+        others = [s for s in self.all_steps() if s != step]
+        return CheckpointError(f"checkpoint step {step} in {self.directory} cannot be read ({_first_line(error)}); "
+                               f"move {self.path(step)} out of the way to use "
+                               + (f"step {others[-1]} (available: {others})" if others else "a fresh start"))
+
+    def meta(self, step: int) -> dict:
+        """The meta of checkpoint `step` ({} for a .ckpt without its .json)."""
+        if not os.path.exists(self.meta_path(step)):
+            return {}
+        try:
+            with open(self.meta_path(step)) as f:
+                meta = json.load(f)
+            if not isinstance(meta, dict):
+                raise ValueError(f"{self.meta_path(step)} holds {type(meta).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            raise self._read_error(step, e) from e
+        return meta
+
+    def check_model(self, step: int, model: dict, meta: dict | None = None) -> dict:
+        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's
+        model.* as a dict), by its meta; returns the meta."""
+        meta = self.meta(step) if meta is None else meta
+        resume_checks.check_same_model(self.directory, step, meta, model)
+        return meta
+
     def restore(self, step: int) -> tuple[dict, dict]:
-        """({name: ndarray}, meta) of checkpoint `step`."""
+        """({name: ndarray}, meta) of checkpoint `step`; CheckpointError if it cannot be read."""
         if int(step) not in self.all_steps():
             raise ValueError(f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}")
-        params = ms.load_checkpoint(self.path(step))
-        tensors = {name: p.asnumpy() for name, p in params.items()}
-        meta_path = self.path(step)[:-len(".ckpt")] + ".json"
-        meta = {}
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
+        meta = self.meta(step)
+        try:
+            params = ms.load_checkpoint(self.path(step))
+            tensors = {name: p.asnumpy() for name, p in params.items()}
+        except Exception as e:  # noqa: BLE001 - a damaged file, whatever MindSpore's error type
+            raise self._read_error(step, e) from e
         return tensors, meta

@@ -15,19 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from mobilenets_core import metrics as metrics_lib
-from mobilenets_core import schedules, specs
+from mobilenets_core import resume_checks, schedules, specs
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
 from mobilenets_core.failures import NonFiniteLoss
+from mobilenets_core.preemption import StopOnSignal
 from mobilenets_ms import mixed_precision, models
 from mobilenets_ms.checkpoints import Checkpoints
 from mobilenets_ms.optimizers import build_optimizer
@@ -296,7 +295,7 @@ class Trainer:
         tensors["mobilenets.bn_eps"] = Tensor(np.asarray([self.net.bn_eps], np.float32))
         return tensors
 
-    def load_state(self, tensors: dict, network_only: bool = False) -> None:
+    def load_state(self, tensors: dict, network_only: bool = False, source: str = "the checkpoint") -> None:
         """Inverse of `state_tensors` (from a checkpoint's {name: ndarray}); names every mismatch first.
 
         network_only: the network (and its EMA) without the optimizer and loss-scale state, for
@@ -310,7 +309,7 @@ class Trainer:
                  if n in tensors and tuple(tensors[n].shape) != tuple(p.shape)]
         if missing or wrong:
             model = self.config.model
-            raise ConfigError(f"the checkpoint does not fit {model.name} width={model.width} groups={model.groups} "
+            raise ConfigError(f"{source} does not fit {model.name} width={model.width} groups={model.groups} "
                               f"num_classes={model.num_classes} optimizer={self.config.optimizer.name} "
                               f"ema.decay={self.config.ema.decay}: missing {missing[:6]}, shape mismatch {wrong[:6]}; "
                               f"use the config it was trained with, or another --workdir")
@@ -434,29 +433,6 @@ def read_initial_weights(config, say) -> dict:
     return fitted
 
 
-class StopOnSignal:
-    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint the current step and return."""
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
 def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
     """Train `config` in `workdir`, resuming from the newest checkpoint of workdir/ms_checkpoints;
     returns the final eval result.
@@ -479,32 +455,47 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
     steps_per_epoch = train_ds.steps_per_epoch(batch)
     total_steps = steps_per_epoch * int(config.train.epochs)
     checkpoints = Checkpoints(workdir, keep=int(config.checkpoint.keep), read_only=not lead)
+
+    # Whatever can refuse the run (a checkpoint of another model, data or training state, one that
+    # cannot be read, unreadable init.weights) is decided before the first write to the workdir.
     latest = checkpoints.latest_step()
     initial = read_initial_weights(config, say) if latest is None and config.init.weights else None
     if latest is not None:
+        meta = checkpoints.check_model(latest, resume_checks.model_fields(config))
+        resume_checks.check_same_data(checkpoints.directory, latest, meta, train_ds)
         tensors, meta = checkpoints.restore(latest)
         bn_eps = (meta.get("model") or {}).get("bn_eps")
         if bn_eps is not None:  # a run started from imported weights keeps their epsilon
             config.model.bn_eps = bn_eps
     trainer = Trainer(config, steps_per_epoch, context=context)
-    writer = metrics_lib.MetricsWriter(workdir, enabled=lead)
-    if lead:
-        with open(os.path.join(workdir, "dataset.json"), "w") as f:
-            json.dump({"name": train_ds.name, "class_names": train_ds.class_names,
-                       "num_train": train_ds.num_examples, "num_validation": val_ds.num_examples}, f)
-
     if latest is not None:
-        trainer.load_state(tensors)
-        say(f"resumed from {checkpoints.path(latest)} (step {latest}, epoch {meta.get('epoch')})")
+        trainer.load_state(tensors, source=f"checkpoint step {latest} in {checkpoints.directory}")
     elif initial is not None:
         trainer.load_weights(initial)
     start = trainer.step
+
+    writer = metrics_lib.MetricsWriter(workdir, enabled=lead)
+    if lead:
+        removed = checkpoints.remove_interrupted_saves()
+        if removed:
+            say(f"removed {', '.join(removed)} from {checkpoints.directory}: left by a save that was interrupted")
+        dropped = metrics_lib.truncate_after(workdir, start)
+        if dropped:
+            say(f"metrics.jsonl: dropped {dropped} line(s) written after step {start}, the step training resumes "
+                f"from (the run was interrupted after them)")
+        with open(os.path.join(workdir, "dataset.json"), "w") as f:
+            json.dump({"name": train_ds.name, "class_names": train_ds.class_names,
+                       "num_train": train_ds.num_examples, "num_validation": val_ds.num_examples}, f)
+    if latest is not None:
+        say(f"resumed from {checkpoints.path(latest)} (step {latest}, epoch {meta.get('epoch')})")
     level = str(_field(config, "mixed_precision", "level", "O0"))
     say(f"training {config.model.name} width {config.model.width} on {train_ds.name} ({train_ds.num_examples} "
         f"train / {val_ds.num_examples} validation images) for {config.train.epochs} epochs x {steps_per_epoch} "
         f"steps of {batch} on {context['group_size']} {context['device']} device(s) with MindSpore "
         f"{ms.__version__} ({'graph' if ms.get_context('mode') == ms.GRAPH_MODE else 'pynative'} mode, AMP {level}, "
         f"loss scale {'dynamic' if trainer.loss_scale.dynamic else float(trainer.loss_scale.scale.asnumpy())})")
+    for note in train_ds.notes + val_ds.notes:
+        say(note)
 
     def save(epoch):
         trainer.synchronise_statistics()  # a collective: every rank, before rank 0 writes
@@ -567,6 +558,9 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
         if trainer.loss_scale.dynamic or float(trainer.loss_scale.scale.asnumpy()) != 1.0 or epoch_overflows:
             line += f", overflow steps: {epoch_overflows} (run total {trainer.overflow_steps})"
         say(line)
+        repaired = train_ds.take_report()
+        if repaired:
+            say(repaired)
         last = epoch + 1 == int(config.train.epochs)
         saved = (epoch + 1) % int(config.checkpoint.every_epochs) == 0 or last
         if saved:
@@ -578,6 +572,9 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
                           "lr": float(trainer.lr[min(trainer.step, total_steps) - 1]),
                           "images_per_sec": result["images_per_sec"], "step_ms": 0.0})
             say(metrics_lib.eval_line(result, checkpoints.path(trainer.step) if saved else "(not saved this epoch)"))
+            repaired = val_ds.take_report()
+            if repaired:
+                say(repaired)
         start = trainer.step
     writer.close()
     if result is None:  # already finished before this call: report the final checkpoint
@@ -606,13 +603,14 @@ def restore_trainer(config, workdir: str, step: int | None = None):
         trainer = Trainer(config, 1, context=context)
         trainer.load_weights(initial)
         return trainer, None, {"epoch": None, "weights": config.init.weights}
+    checkpoints.check_model(int(step), resume_checks.model_fields(config))
     tensors, meta = checkpoints.restore(int(step))
     bn_eps = (meta.get("model") or {}).get("bn_eps")
     if bn_eps is not None and bn_eps != config.model.bn_eps:
         config = config.copy_and_resolve_references()
         config.model.bn_eps = bn_eps
     trainer = Trainer(config, 1, context=context)
-    trainer.load_state(tensors, network_only=True)
+    trainer.load_state(tensors, network_only=True, source=f"checkpoint step {step} in {checkpoints.directory}")
     return trainer, int(step), meta
 
 

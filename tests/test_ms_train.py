@@ -83,7 +83,8 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(uninterrupted, tmp_pat
 def test_a_checkpoint_of_another_width_is_refused_naming_the_difference(uninterrupted):
     workdir, _ = uninterrupted
     config = tiny_train_config(**{**BASE, "model.width": 0.75})
-    with pytest.raises(ConfigError, match=r"does not fit mobilenet_v3_small width=0.75.*shape mismatch"):
+    with pytest.raises(ConfigError, match=r"holds checkpoints \(newest step 44\) of model.width=0.5; this config has "
+                                          r"model.width=0.75: set the same values"):
         train.evaluate(config, workdir)
 
 
