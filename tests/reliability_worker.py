@@ -1,12 +1,13 @@
 """A training run in its own process, for tests that interrupt it (tests/test_reliability.py).
 
-    python tests/reliability_worker.py DATA WORKDIR OVERRIDES_JSON [--kill-in-save=STEP]
+    python tests/reliability_worker.py DATA WORKDIR OVERRIDES_JSON [--kill-in-save=STEP] [--backend=mindspore]
 
-trains `reliability_config(DATA, OVERRIDES)` in WORKDIR with the JAX engine, and prints one line
-`exit step=<n>` when train_and_evaluate returns. With --kill-in-save=STEP the process SIGKILLs
-itself inside the save of checkpoint STEP, after every file of it is written and before Orbax
-commits it (renames `<STEP>.orbax-checkpoint-tmp` to `<STEP>`): the worst moment to die.
-JAX_COMPILATION_CACHE_DIR in the environment lets the runs share compiled programs.
+trains `reliability_config(DATA, OVERRIDES)` in WORKDIR with the JAX engine (or the MindSpore one),
+and prints one line `exit step=<n>` when train_and_evaluate returns. With --kill-in-save=STEP the
+process SIGKILLs itself inside the save of checkpoint STEP, after every file of it is written and
+before it is committed: JAX, before Orbax renames `<STEP>.orbax-checkpoint-tmp` to `<STEP>`;
+MindSpore, before `.tmp-<STEP>-<pid>.ckpt` is renamed to `ckpt_<STEP>.ckpt`. The worst moment to die.
+JAX_COMPILATION_CACHE_DIR in the environment lets the JAX runs share compiled programs.
 """
 import json
 import os
@@ -72,16 +73,38 @@ def kill_inside_save(step: int) -> None:
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
 
 
+def kill_inside_mindspore_save(step: int) -> None:
+    """SIGKILL this process when the MindSpore engine is about to rename its finished temporary
+    file to checkpoint `step` (mobilenets_ms.checkpoints commits with os.replace, the .ckpt last)."""
+    replace, final = os.replace, f"ckpt_{step}.ckpt"
+
+    def replace_or_die(src, dst, *args, **kwargs):
+        if os.path.basename(str(dst)) == final and os.path.dirname(str(dst)).endswith("ms_checkpoints"):
+            print(f"killing myself inside the save of step {step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return replace(src, dst, *args, **kwargs)
+
+    os.replace = replace_or_die  # the whole worker process; only that destination kills
+
+
 def main(argv):
     data, workdir, overrides = argv[0], argv[1], json.loads(argv[2])
+    backend = "jax"
+    for option in argv[3:]:
+        if option.startswith("--backend="):
+            backend = option.split("=", 1)[1]
     for option in argv[3:]:
         if option.startswith("--kill-in-save="):
-            kill_inside_save(int(option.split("=", 1)[1]))
-    from mobilenets_jax import train
+            step = int(option.split("=", 1)[1])
+            kill_inside_save(step) if backend == "jax" else kill_inside_mindspore_save(step)
+    if backend == "mindspore":
+        from mobilenets_ms import train
+        from mobilenets_ms.checkpoints import Checkpoints
+    else:
+        from mobilenets_jax import train
+        from mobilenets_jax.checkpoints import Checkpoints
 
     train.train_and_evaluate(reliability_config(data, overrides), workdir)
-    from mobilenets_jax.checkpoints import Checkpoints
-
     print(f"exit step={Checkpoints(workdir, read_only=True).latest_step()}", flush=True)
 
 

@@ -7,8 +7,9 @@ is overwritten. The training runs share one tiny program (reliability_worker.rel
 MobileNetV1 0.25, 32 px, 4 classes, 4 steps per epoch, 3 epochs) and a compilation cache, so
 after the first compile each run costs seconds.
 
-The engine-specific parts (how to read a checkpoint's step list and parameters) sit in the
-BACKENDS table, so the MindSpore engine can join the parameterised tests with its own entry.
+The engine-specific parts (how to read a checkpoint's step list and parameters, where a save in
+flight lives) sit in the BACKENDS table; the tests parameterised over it run on both engines, and
+the MindSpore-only tests (`test_ms_*`) cover what its .ckpt files do differently.
 """
 import errno
 import hashlib
@@ -35,6 +36,8 @@ from mobilenets_core.data.dataset import Dataset
 from mobilenets_core.failures import CheckpointError, NonFiniteLoss
 from mobilenets_jax import train
 from mobilenets_jax.checkpoints import Checkpoints
+from mobilenets_ms import checkpoints as ms_checkpoints
+from mobilenets_ms import train as ms_train
 from tests.helpers import random_canonical_state
 from tests.reliability_worker import reliability_config, write_tiny_folder
 
@@ -59,12 +62,37 @@ def _jax_state(workdir, config, step=None):
     return _flat(state)
 
 
-def _jax_tmp_dir(workdir, step):
-    """Where a save of `step` in flight lives until it is committed."""
-    return os.path.join(workdir, "checkpoints", f"{step}.orbax-checkpoint-tmp")
+def _jax_interrupted(workdir, step) -> bool:
+    """Whether a save of `step` in flight left its files behind (not committed)."""
+    return os.path.isdir(os.path.join(workdir, "checkpoints", f"{step}.orbax-checkpoint-tmp"))
 
 
-BACKENDS = {"jax": {"engine": train, "steps": _jax_steps, "state": _jax_state, "tmp_dir": _jax_tmp_dir}}
+def _ms_steps(workdir):
+    return ms_checkpoints.Checkpoints(workdir, read_only=True).all_steps()
+
+
+def _ms_state(workdir, config=None, step=None):
+    """{name: ndarray} of everything MindSpore checkpoint `step` (default: the newest) holds."""
+    checkpoints = ms_checkpoints.Checkpoints(workdir, read_only=True)
+    return checkpoints.restore(checkpoints.latest_step() if step is None else step)[0]
+
+
+def _ms_interrupted(workdir, step) -> bool:
+    """Whether a save of `step` left a temporary file, or a meta file without its .ckpt."""
+    directory = os.path.join(workdir, "ms_checkpoints")
+    names = os.listdir(directory)
+    return any(n.startswith(f".tmp-{step}-") for n in names) or (
+        f"ckpt_{step}.json" in names and f"ckpt_{step}.ckpt" not in names)
+
+
+BACKENDS = {
+    "jax": {"engine": train, "steps": _jax_steps, "state": _jax_state, "interrupted": _jax_interrupted,
+            "checkpoint": lambda workdir, step: f"{workdir}/checkpoints/{step}", "reference": "reference",
+            "worker": []},
+    "mindspore": {"engine": ms_train, "steps": _ms_steps, "state": _ms_state, "interrupted": _ms_interrupted,
+                  "checkpoint": lambda workdir, step: f"{workdir}/ms_checkpoints/ckpt_{step}.ckpt",
+                  "reference": "ms_reference", "worker": ["--backend=mindspore"]},
+}
 
 
 def _flat(tree):
@@ -122,12 +150,26 @@ def reference(data, tmp_path_factory):
     return workdir, result
 
 
+@pytest.fixture(scope="module")
+def ms_reference(data, tmp_path_factory):
+    """An uninterrupted MindSpore run: (workdir, final eval result); checkpoints at steps 4, 8 and 12."""
+    workdir = str(tmp_path_factory.mktemp("ms_uninterrupted"))
+    result = ms_train.train_and_evaluate(reliability_config(data), workdir)
+    assert _ms_steps(workdir) == [4, 8, LAST_STEP]
+    return workdir, result
+
+
 def copy_run(reference_dir, destination, *, up_to: int) -> str:
-    """A copy of a finished run as if it had stopped after checkpoint `up_to`."""
+    """A copy of a finished run (either engine) as if it had stopped after checkpoint `up_to`."""
     shutil.copytree(reference_dir, destination)
-    for name in os.listdir(os.path.join(destination, "checkpoints")):
+    for name in os.listdir(os.path.join(destination, "checkpoints")) if os.path.isdir(
+            os.path.join(destination, "checkpoints")) else []:
         if name.isdigit() and int(name) > up_to:
             shutil.rmtree(os.path.join(destination, "checkpoints", name))
+    for name in os.listdir(os.path.join(destination, "ms_checkpoints")) if os.path.isdir(
+            os.path.join(destination, "ms_checkpoints")) else []:
+        if int(re.match(r"ckpt_(\d+)\.", name).group(1)) > up_to:
+            os.remove(os.path.join(destination, "ms_checkpoints", name))
     metrics_lib.truncate_after(str(destination), up_to)
     return str(destination)
 
@@ -154,15 +196,16 @@ def wait_for_train_step(workdir, step, proc, timeout=300) -> int:
 # ----------------------------------------------------------------------------- 1, 2: kill -9 and SIGTERM
 
 
-@pytest.mark.parametrize("backend", ["jax"])
+@pytest.mark.parametrize("backend", ["jax", "mindspore"])
 def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupted_parameters(
-        backend, data, reference, compile_cache, tmp_path, capsys):
+        backend, data, compile_cache, tmp_path, capsys, request):
     ops = BACKENDS[backend]
+    reference = request.getfixturevalue(ops["reference"])
     workdir = str(tmp_path / "run")
     config = reliability_config(data)
 
     # 1. preemption: SIGTERM once step 2 is logged -> checkpoint of the current step, exit 0, promptly
-    proc = start_worker(data, workdir, compile_cache)
+    proc = start_worker(data, workdir, compile_cache, {}, *ops["worker"])
     seen = wait_for_train_step(workdir, 2, proc)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -177,12 +220,12 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     # 2. resume, then SIGKILL inside the save of the second epoch end after it, files written, not committed
     killed_at = (stopped // STEPS_PER_EPOCH + 2) * STEPS_PER_EPOCH
     complete = (stopped // STEPS_PER_EPOCH + 1) * STEPS_PER_EPOCH
-    proc = start_worker(data, workdir, compile_cache, {}, f"--kill-in-save={killed_at}")
+    proc = start_worker(data, workdir, compile_cache, {}, f"--kill-in-save={killed_at}", *ops["worker"])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, err[-3000:]
-    assert f"resumed from {workdir}/checkpoints/{stopped} (step {stopped}," in out
+    assert f"resumed from {ops['checkpoint'](workdir, stopped)} (step {stopped}," in out
     assert f"killing myself inside the save of step {killed_at}" in out
-    assert os.path.isdir(ops["tmp_dir"](workdir, killed_at))  # the half-made checkpoint is there...
+    assert ops["interrupted"](workdir, killed_at)  # the half-made checkpoint is there...
     assert ops["steps"](workdir) == [stopped, complete]  # ...and never counted as one
     # lines for steps after the newest complete checkpoint (the save is asynchronous: training went
     # on while it was written), and one line cut short by the kill
@@ -195,9 +238,9 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     capsys.readouterr()
     result = ops["engine"].train_and_evaluate(config, workdir)
     out = capsys.readouterr().out
-    assert f"resumed from {workdir}/checkpoints/{complete} (step {complete}," in out
+    assert f"resumed from {ops['checkpoint'](workdir, complete)} (step {complete}," in out
     assert f"metrics.jsonl: dropped {len(after) + 1} line(s) written after step {complete}" in out
-    assert not os.path.exists(ops["tmp_dir"](workdir, killed_at))
+    assert not ops["interrupted"](workdir, killed_at)
     assert ops["steps"](workdir) == sorted({stopped, complete, killed_at, LAST_STEP})
     train_steps = [r["step"] for r in metrics_lib.read_metrics(workdir) if r["split"] == "train"]
     assert train_steps == list(range(1, LAST_STEP + 1))  # every step once: none lost, none twice
@@ -206,8 +249,9 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     assert result["top1"] == reference_result["top1"] and result["loss"] == reference_result["loss"]
 
 
-def test_a_second_signal_stops_at_once():
-    with train.StopOnSignal() as signals:
+@pytest.mark.parametrize("backend", ["jax", "mindspore"])
+def test_a_second_signal_stops_at_once(backend):
+    with BACKENDS[backend]["engine"].StopOnSignal() as signals:
         os.kill(os.getpid(), signal.SIGINT)
         assert signals.signal == signal.SIGINT  # the first one only asks the loop to stop
         with pytest.raises(KeyboardInterrupt):
@@ -311,13 +355,23 @@ def run_main(*args, env=None):
     (["--config.dataset.name=folder"], "error: dataset.name='folder' needs dataset.path"),
     (["--config.mixed_precision.dynamic_factor=1"], "error: mixed_precision.dynamic_factor=1.0 must be above 1"),
 ])
-def test_config_mistakes_stop_in_one_line_before_any_work(tmp_path, args, message):
+def test_config_mistakes_stop_in_one_line_before_any_work(tmp_path, args, message, backend="jax"):
     workdir = tmp_path / "run"
-    result = run_main("--config=configs/mnv3_small.py", f"--workdir={workdir}", "--config.dataset.name=digits", *args)
+    result = run_main("--config=configs/mnv3_small.py", f"--workdir={workdir}", "--config.dataset.name=digits",
+                      f"--backend={backend}", *args)
     assert result.returncode != 0
     assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()]  # one line
     assert result.stderr.startswith(message), result.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.bach_size=8"], "error: unknown config key 'train.bach_size' (did you mean train.batch_size?)"),
+    (["--config.schedule.warmup_epochs=3", "--config.train.epochs=2"],
+     "error: schedule.warmup_epochs=3.0 is longer than train.epochs=2; use at most 2"),
+])
+def test_config_mistakes_stop_in_one_line_on_the_mindspore_engine_too(tmp_path, args, message):
+    test_config_mistakes_stop_in_one_line_before_any_work(tmp_path, args, message, backend="mindspore")
 
 
 def test_missing_recipe_and_a_batch_the_devices_cannot_split_are_one_line(tmp_path):
@@ -440,7 +494,40 @@ def test_unrecoverable_data_stops_with_a_clear_message(tmp_path):
     assert validation.notes == [f"{root}/validation: 1 class folder(s) without images: ['1']"]
 
 
+def test_ms_engine_logs_repaired_images_and_stops_on_a_missing_dataset(tmp_path, capsys):
+    root = _digit_folder(tmp_path / "data", per_class=12)  # 36 train / 36 validation images, one step each
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(cmyk, format="JPEG")
+    (root / "train" / "1" / "3.jpg").write_bytes(cmyk.getvalue())
+    (root / "train" / "2" / "5.jpg").write_bytes(b"this is not a JPEG" * 10)
+    (root / "validation" / "0" / "7.jpg").write_bytes(b"\xff\xd8" + bytes(300))  # a JPEG header, then nothing
+    (root / "train" / "0" / "notes.txt").write_text("labels were checked by hand")
+    config = reliability_config(str(root), {"model.num_classes": 3, "train.batch_size": 36, "eval.batch_size": 36,
+                                            "train.epochs": 1})
+    result = ms_train.train_and_evaluate(config, str(tmp_path / "run"))
+    out = capsys.readouterr().out.splitlines()
+    assert result["count"] == 36 and _ms_steps(str(tmp_path / "run")) == [1]  # bad images replaced, not dropped
+    assert f"{root}/train: skipped 1 file(s) that are not .jpg/.jpeg/.png (in ['0'])" in out
+    assert [line for line in out if line.startswith("folder train: ")] == [
+        f"folder train: 1 unreadable image(s) replaced by a gray placeholder (first: {root}/train/2/5.jpg: not an "
+        f"image (no known image format)); 1 image(s) converted to 8-bit RGB (CMYK: 1)"]
+    assert [line for line in out if line.startswith("folder validation: ")][0].startswith(
+        f"folder validation: 1 unreadable image(s) replaced by a gray placeholder (first: {root}/validation/0/7.jpg")
+
+    missing = reliability_config(str(tmp_path / "no_such_folder"), {"model.num_classes": 3})
+    with pytest.raises(ConfigError, match=rf"^dataset.path='{tmp_path}/no_such_folder' does not exist or is not a "
+                                          r"directory$"):
+        ms_train.train_and_evaluate(missing, str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()
+
+
 # ----------------------------------------------------------------------------- 6: bad checkpoints and weights
+
+
+def snapshot_with_times(directory) -> dict:
+    """`snapshot` plus each file's modification time: rewriting a file with the same bytes shows too."""
+    return {path: (*digest, os.stat(os.path.join(directory, path)).st_mtime_ns)
+            for path, digest in snapshot(directory).items()}
 
 
 def test_a_workdir_of_another_model_or_training_state_is_refused_untouched(data, reference, tmp_path):
@@ -518,6 +605,57 @@ def test_initial_weights_of_another_width_stop_before_anything_is_written(data, 
     assert [p for p in workdir.rglob("*") if p.is_file()] == []
 
 
+def test_ms_a_checkpoint_of_another_model_or_training_state_is_refused_untouched(data, ms_reference, tmp_path):
+    workdir = copy_run(ms_reference[0], tmp_path / "run", up_to=LAST_STEP)
+    directory = f"{workdir}/ms_checkpoints"
+    before = snapshot_with_times(workdir)
+    with pytest.raises(ConfigError, match=rf"^{directory} holds checkpoints \(newest step 12\) of model.width=0.25; "
+                                          r"this config has model.width=0.5: set the same values to resume or "
+                                          r"evaluate them, or use another --workdir$"):
+        ms_train.train_and_evaluate(reliability_config(data, {"model.width": 0.5}), workdir)
+    with pytest.raises(ConfigError, match=r"of model.num_classes=4; this config has model.num_classes=5"):
+        ms_train.evaluate(reliability_config(data, {"model.num_classes": 5}), workdir)
+    with pytest.raises(ConfigError, match=rf"^checkpoint step 12 in {directory} does not fit mobilenet_v1 width=0.25 "
+                                          r"groups=None num_classes=4 optimizer=adamw ema.decay=0.0: missing "
+                                          r"\['adam_m\..*use the config it was trained with, or another --workdir$"):
+        ms_train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw"}), workdir)
+    with pytest.raises(ConfigError, match=r"ema.decay=0.9: missing \['ema\."):
+        ms_train.train_and_evaluate(reliability_config(data, {"ema.decay": 0.9}), workdir)
+    other_classes = str(_digit_folder(tmp_path / "other_data", per_class=8, classes=("0", "1", "2", "3")))
+    with pytest.raises(ConfigError, match=rf"^checkpoint step 12 in {directory} was trained on 'folder' with classes "
+                                          r"\['digit_0', 'digit_1', 'digit_2', 'digit_3'\]; this config's dataset "
+                                          r"'folder' has \['0', '1', '2', '3'\]: point dataset.\* at the same data"):
+        ms_train.train_and_evaluate(reliability_config(other_classes), workdir)
+    assert snapshot_with_times(workdir) == before
+    # a network checkpoint of another model, with no meta to name it by: the tensors that differ
+    other = specs.build_architecture("mobilenet_v3_small", 0.5, None, 4)
+    mindspore_ckpt.write(f"{directory}/ckpt_16.ckpt", mindspore_ckpt.from_canonical(random_canonical_state(other)))
+    before = snapshot_with_times(workdir)
+    with pytest.raises(ConfigError, match=rf"^checkpoint step 16 in {directory} does not fit mobilenet_v1 "
+                                          r"width=0.25 .*: missing \[.*shape mismatch \[.*\]; use the config"):
+        ms_train.train_and_evaluate(reliability_config(data), workdir)
+    assert snapshot_with_times(workdir) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint"])
+def test_ms_a_damaged_checkpoint_is_named_with_the_step_to_fall_back_to(data, ms_reference, tmp_path, damage):
+    workdir = copy_run(ms_reference[0], tmp_path / "run", up_to=LAST_STEP)
+    path = f"{workdir}/ms_checkpoints/ckpt_12.ckpt"
+    os.chmod(path, 0o600)  # MindSpore writes its checkpoints read-only
+    if damage == "truncated":
+        os.truncate(path, os.path.getsize(path) // 2)
+    else:
+        with open(path, "w") as f:
+            f.write("epoch 3: loss 0.71\n" * 20)
+    before = snapshot_with_times(workdir)
+    for run in (ms_train.train_and_evaluate, ms_train.evaluate):
+        with pytest.raises(CheckpointError, match=rf"^checkpoint step 12 in {workdir}/ms_checkpoints cannot be read "
+                                                  r"\(ValueError: Failed to read the checkpoint file .*\); move "
+                                                  rf"{path} out of the way to use step 8 \(available: \[4, 8\]\)$"):
+            run(reliability_config(data), workdir)
+    assert snapshot_with_times(workdir) == before
+
+
 def test_a_checkpoint_written_before_loss_scaling_existed_still_resumes(data, tmp_path):
     config = reliability_config(data, {"mixed_precision.loss_scale": 128.0})
     abstract = train.Trainer(config, STEPS_PER_EPOCH).abstract_state(0)
@@ -555,6 +693,41 @@ def test_a_failed_save_is_reported_and_the_previous_checkpoint_stays_loadable(da
         train.train_and_evaluate(config, workdir)
     assert _jax_steps(workdir)[:1] == [4] and 8 not in _jax_steps(workdir)
     assert_same_arrays(_jax_state(workdir, config, 4), _jax_state(reference[0], config, 4))
+
+
+def test_ms_a_failed_save_is_reported_and_the_previous_checkpoint_stays_loadable(data, ms_reference, tmp_path,
+                                                                                 monkeypatch, capsys):
+    workdir = copy_run(ms_reference[0], tmp_path / "run", up_to=4)
+    directory = f"{workdir}/ms_checkpoints"
+    kept = snapshot_with_times(directory)
+    write = ms_checkpoints.ms.save_checkpoint
+
+    def disk_full_at_step_8(records, path, *args, **kwargs):
+        if os.path.basename(path).startswith(".tmp-8-"):
+            with open(path, "wb") as f:  # half a file, then the disk is full
+                f.write(b"\x00" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(records, path, *args, **kwargs)
+
+    monkeypatch.setattr(ms_checkpoints.ms, "save_checkpoint", disk_full_at_step_8)
+    with pytest.raises(CheckpointError, match=rf"^could not write checkpoint step 8 to {directory} \(OSError: "
+                                              r"\[Errno 28\] No space left on device\); the newest complete "
+                                              r"checkpoint, step 4, is intact\. Free disk space"):
+        ms_train.train_and_evaluate(reliability_config(data), workdir)
+    assert snapshot_with_times(directory) == kept  # nothing half-written left, step 4 untouched
+    assert_same_arrays(_ms_state(workdir, step=4), _ms_state(ms_reference[0], step=4))
+
+    # the disk has room again: the rerun continues from step 4 and ends where the uninterrupted run did
+    monkeypatch.setattr(ms_checkpoints.ms, "save_checkpoint", write)
+    capsys.readouterr()
+    result = ms_train.train_and_evaluate(reliability_config(data), workdir)
+    out = capsys.readouterr().out
+    assert f"resumed from {directory}/ckpt_4.ckpt (step 4, epoch 1)" in out
+    assert "metrics.jsonl: dropped 4 line(s) written after step 4" in out  # steps 5-8, logged before the save
+    assert [r["step"] for r in metrics_lib.read_metrics(workdir) if r["split"] == "train"] == list(range(1, 13))
+    assert _ms_steps(workdir) == [4, 8, LAST_STEP]
+    assert_same_arrays(_ms_state(workdir), _ms_state(ms_reference[0]))
+    assert result["loss"] == ms_reference[1]["loss"]
 
 
 # ----------------------------------------------------------------------------- 8: fuzzing
