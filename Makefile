@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-slow
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -24,5 +24,10 @@ demo: setup
 	$(PY) main.py --config=configs/mnv3_small.py --workdir=$(DEMO_WORKDIR) --config.dataset.name=digits
 	$(PY) main.py --config=configs/mnv3_small.py --workdir=$(DEMO_WORKDIR) --config.dataset.name=digits --mode=eval
 
+# The test suite, without the checks marked slow (~15 minutes on 2 cores); `make test-slow`
+# runs those (whole-network and multi-process checks, every family); CI runs both.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" --durations=20 tests
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow --durations=20 tests

@@ -60,6 +60,7 @@ def test_loss_falls_on_digits():
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
 
 
+@pytest.mark.slow
 def test_sharded_step_on_4_devices_equals_1_device(tmp_path):
     runs = {n: worker("steps", str(tmp_path / f"{n}.npz"), env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"})
             for n in (1, 4)}
@@ -80,6 +81,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_through_jax_distributed_match_one_process(tmp_path):
     port = free_port()
     two = [worker("train", str(tmp_path / "two"), env={
@@ -148,6 +150,7 @@ def test_eval_counts_every_example_once_with_a_non_dividing_batch(uninterrupted)
     assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
+@pytest.mark.slow
 def test_tfds_source_trains_under_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
@@ -161,6 +164,7 @@ def test_tfds_source_trains_under_mock_data(tmp_path):
     assert Checkpoints(str(tmp_path), read_only=True).all_steps() == [3, 6, 9]
 
 
+@pytest.mark.slow
 def test_folder_source_trains_on_real_jpegs(tmp_path):
     from PIL import Image
     from sklearn.datasets import load_digits

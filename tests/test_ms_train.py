@@ -128,7 +128,7 @@ def test_a_non_finite_step_is_skipped_and_counted_with_a_dynamic_loss_scale():
     assert not np.array_equal(final["classifier.weight"], before["classifier.weight"])
 
 
-@pytest.mark.parametrize("level", ["O2", "O3"])
+@pytest.mark.parametrize("level", ["O3", pytest.param("O2", marks=pytest.mark.slow)])
 def test_mixed_precision_levels_train(level):
     """The seeds' AMP levels with their fixed loss scale 1024: float16 compute, float32 weights."""
     config = tiny_train_config(**{"mixed_precision.level": level, "mixed_precision.loss_scale": 1024.0})

@@ -76,6 +76,7 @@ def test_predict_without_inputs_says_how(tmp_path):
     assert "error: --mode=predict needs --config.predict.inputs=FILE_OR_DIR_OR_GLOB" in result.stderr
 
 
+@pytest.mark.slow
 def test_mindspore_fine_tunes_and_predicts_what_jax_predicts_with_its_weights(tmp_path, timm_weights):
     """Seed 003 on the MindSpore engine; its checkpoint, moved through the canonical format, gives the
     JAX engine the same predictions."""
@@ -103,6 +104,7 @@ def test_mindspore_fine_tunes_and_predicts_what_jax_predicts_with_its_weights(tm
                                    atol=1e-4)
 
 
+@pytest.mark.slow
 def test_timm_weights_evaluate_the_same_through_both_engines_cli(tmp_path, timm_weights):
     """`--mode=eval --config.init.weights=<timm file>` with no checkpoint: the same validation loss
     and Top-1 on both engines (the logits themselves equal timm's: tests/test_timm_parity.py)."""
