@@ -115,6 +115,7 @@ class Network(nn.Module):
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
         head_train, train = train, train and not self.frozen_backbone
+        fast = layers.resolve_impl(self.conv_impl) == "fast"
         for block in self.arch.blocks:
             name = module_name(block.name)
             if isinstance(block, specs.MaxPool):
@@ -123,6 +124,12 @@ class Network(nn.Module):
                 x = ConvBN(block, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=name)(x, train)
             else:
                 x = Block(block, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=name)(x, train)
+            if fast:
+                # Every block's output is materialised: left free, XLA:CPU fuses the elementwise
+                # tails of successive blocks (BatchNorm, activation, residual add) into later
+                # fusions and recomputes them there, forward and backward (ShuffleNetV1 g3: a
+                # third of the step). 8-12% more training images/s for MobileNetV3 and ShuffleNetV1.
+                x = jax.lax.optimization_barrier(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         head = self.arch.head
         if head.hidden:
