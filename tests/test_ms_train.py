@@ -139,6 +139,16 @@ def test_mixed_precision_levels_train(level):
     assert all(p.dtype == ms.float32 for p in trainer.net.trainable_params())
 
 
+def test_a_batch_the_ranks_cannot_split_is_refused_before_the_network_is_built():
+    """msrun with 3 ranks and a global batch of 64: one line naming the key and the fix."""
+    config = tiny_train_config(**{"train.batch_size": 64})
+    with pytest.raises(ConfigError, match=r"^train\.batch_size=64 is not divisible by the 3 ranks; use a multiple of 3$"):
+        train.Trainer(config, steps_per_epoch=1, context={"device": "CPU", "rank": 0, "group_size": 3})
+    config = tiny_train_config(**{"train.batch_size": 63, "eval.batch_size": 100})
+    with pytest.raises(ConfigError, match=r"^eval\.batch_size=100 is not divisible by the 3 ranks; use a multiple of 3$"):
+        train.Trainer(config, steps_per_epoch=1, context={"device": "CPU", "rank": 0, "group_size": 3})
+
+
 def test_an_unknown_device_is_refused():
     with pytest.raises(ConfigError, match=r"mindspore.device='TPU' is not one of auto, Ascend, GPU, CPU"):
         train.select_device("TPU")
