@@ -242,10 +242,9 @@ def _max_abs(tree):
     return max(float(jnp.abs(v).max()) for v in jax.tree_util.tree_leaves(tree))
 
 
-# Four compilations of a whole network each (float64 and float32, both paths): MobileNetV3-Small in
-# the quick suite, the other families with the slow checks.
-WHOLE_NETWORKS = [pytest.param(*family, marks=() if family[0] == "mobilenet_v3_small" else pytest.mark.slow)
-                  for family in FAMILIES]
+# Four compilations of a whole network each (float64 and float32, both paths, ~3 minutes): with the
+# slow checks. The quick suite runs whole networks on this path through tests/test_timm_parity.py.
+WHOLE_NETWORKS = [pytest.param(*family, marks=pytest.mark.slow) for family in FAMILIES]
 
 
 @pytest.mark.parametrize("name,width,groups", WHOLE_NETWORKS)
