@@ -11,52 +11,18 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenets_core.config_check import ConfigError
+from mobilenets_core.bench import bench_settings, median_seconds_per_step
 from mobilenets_jax import layers
 from mobilenets_jax.train import Trainer
 
 RESULT_KEYS = ("model", "backend", "device", "batch_size", "image_size", "dtype", "train_images_per_sec",
                "infer_images_per_sec", "step_ms", "peak_memory")
-
-
-def bench_settings(config) -> dict:
-    """bench.* with its checks; a config without a bench section gets the defaults of configs/base.py."""
-    section = config.get("bench", None) or {}
-    settings = {"batch_size": 32, "warmup_steps": 2, "steps": 5, "repeats": 3}
-    settings.update({k: int(section[k]) for k in settings if section.get(k, None) is not None})
-    for key, value in settings.items():
-        if value < (0 if key == "warmup_steps" else 1):
-            raise ConfigError(f"bench.{key}={value} must be at least {0 if key == 'warmup_steps' else 1}")
-    return settings
-
-
-def median_seconds_per_step(run_step, warmup: int, steps: int, repeats: int) -> tuple[float, float]:
-    """(median seconds per step over `repeats` timed runs, seconds of the first warm-up step).
-
-    run_step() launches one step and returns what to block on."""
-    first = 0.0
-    for i in range(warmup):
-        start = time.perf_counter()
-        jax.block_until_ready(run_step())
-        if i == 0:
-            first = time.perf_counter() - start
-    per_step = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = None
-        for _ in range(steps):
-            out = run_step()
-        jax.block_until_ready(out)
-        per_step.append((time.perf_counter() - start) / steps)
-    return statistics.median(per_step), first
 
 
 def peak_memory() -> tuple[int, str]:
@@ -90,7 +56,7 @@ def bench(config, workdir: str | None = None) -> dict:
         return metrics["loss"]
 
     warmup, steps, repeats = settings["warmup_steps"], settings["steps"], settings["repeats"]
-    train_s, train_first_s = median_seconds_per_step(train_step, warmup, steps, repeats)
+    train_s, train_first_s = median_seconds_per_step(train_step, jax.block_until_ready, warmup, steps, repeats)
     loss = float(train_step())
     if not np.isfinite(loss):
         raise FloatingPointError(f"bench: the training loss is {loss} on random data; the step is broken")
@@ -100,7 +66,7 @@ def bench(config, workdir: str | None = None) -> dict:
                     in_shardings=(trainer.replicated, trainer.replicated, trainer.batch_sharding))
     infer_images = train_batch["image"]
     infer_s, infer_first_s = median_seconds_per_step(lambda: infer(state.params, state.batch_stats, infer_images),
-                                                     warmup, steps, repeats)
+                                                     jax.block_until_ready, warmup, steps, repeats)
     memory, memory_source = peak_memory()
     device = jax.devices()[0]
     result = {

@@ -12,54 +12,20 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import statistics
 import sys
-import time
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from mobilenets_core.bench import bench_settings, median_seconds_per_step
 from mobilenets_core.config_check import ConfigError
 from mobilenets_ms.train import Trainer, setup
-
-DEFAULTS = {"batch_size": 32, "warmup_steps": 2, "steps": 5, "repeats": 3}  # configs/base.py's bench section
-
-
-def bench_settings(config) -> dict:
-    section = config.get("bench", None) or {}
-    settings = dict(DEFAULTS)
-    settings.update({k: int(section[k]) for k in settings if section.get(k, None) is not None})
-    for key, value in settings.items():
-        least = 0 if key == "warmup_steps" else 1
-        if value < least:
-            raise ConfigError(f"bench.{key}={value} must be at least {least}")
-    return settings
-
 
 def _wait(outputs):
     """Block until `outputs` (a Tensor or a tuple of them) are computed."""
     first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
     first.asnumpy()
-
-
-def median_seconds_per_step(run_step, warmup: int, steps: int, repeats: int) -> tuple[float, float]:
-    """(median seconds per step over `repeats` timed runs, seconds of the first warm-up step)."""
-    first = 0.0
-    for i in range(warmup):
-        start = time.perf_counter()
-        _wait(run_step())
-        if i == 0:
-            first = time.perf_counter() - start
-    per_step = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = None
-        for _ in range(steps):
-            out = run_step()
-        _wait(out)
-        per_step.append((time.perf_counter() - start) / steps)
-    return statistics.median(per_step), first
 
 
 def _dtype(level: str) -> str:
@@ -89,13 +55,13 @@ def bench(config, workdir: str | None = None) -> dict:
         return trainer.train_step(images, labels, step)
 
     warmup, steps, repeats = settings["warmup_steps"], settings["steps"], settings["repeats"]
-    train_s, train_first_s = median_seconds_per_step(train_step, warmup, steps, repeats)
+    train_s, train_first_s = median_seconds_per_step(train_step, _wait, warmup, steps, repeats)
     loss = float(train_step()[0].asnumpy()[0])
     if not np.isfinite(loss):
         raise FloatingPointError(f"bench: the training loss is {loss} on random data; the step is broken")
 
     net = trainer.inference_net()
-    infer_s, infer_first_s = median_seconds_per_step(lambda: net(images), warmup, steps, repeats)
+    infer_s, infer_first_s = median_seconds_per_step(lambda: net(images), _wait, warmup, steps, repeats)
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
     level = str((config.get("mixed_precision", None) or {}).get("level", "O0") or "O0")
     result = {
