@@ -20,7 +20,7 @@ from mindspore import Tensor
 
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD
-from mobilenets_ms import train
+from mobilenets_ms import models, train
 from mobilenets_ms.checkpoints import Checkpoints
 
 FORMATS = ("mindir", "onnx", "air")
@@ -55,7 +55,8 @@ def _write(net, example: Tensor, path: str, fmt: str) -> None:
     with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".export-") as scratch:
         staged = os.path.join(scratch, os.path.basename(path))
         if fmt == "onnx":
-            ms.onnx.export(net, example, file_name=staged, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+            with models.portable_activations(net):
+                ms.onnx.export(net, example, file_name=staged, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         else:
             ms.export(net, example, file_name=staged, file_format=fmt.upper())
         os.chmod(staged, 0o666 & ~_umask())  # MindSpore leaves MINDIR owner-read-only; deploy files are shared

@@ -59,17 +59,49 @@ def _lecun_normal(rng: np.random.Generator, shape: tuple, fan_in: int) -> ms.Ten
 
 
 class HardSigmoid(nn.Cell):
-    """relu6(x + 3) / 6 (not Keras-2's 0.2x + 0.5)."""
+    """relu6(x + 3) / 6 (not Keras-2's 0.2x + 0.5).
+
+    MindSpore's fused kernel while `fused` (the default: one pass forward and backward instead
+    of four), the composed ops otherwise (see `portable_activations`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = True
+        self.fused_op = ops.HSigmoid()
 
     def construct(self, x):
+        if self.fused:
+            return self.fused_op(x)
         return ops.relu6(x + 3.0) / 6.0
 
 
 class HardSwish(nn.Cell):
-    """x * relu6(x + 3) / 6."""
+    """x * relu6(x + 3) / 6, fused or composed like `HardSigmoid`."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = True
+        self.fused_op = ops.HSwish()
 
     def construct(self, x):
+        if self.fused:
+            return self.fused_op(x)
         return x * (ops.relu6(x + 3.0) / 6.0)
+
+
+@contextlib.contextmanager
+def portable_activations(net: nn.Cell):
+    """Within this block `net`'s hard-swish and hard-sigmoid are composed of relu6, add, multiply
+    and divide, which every export format has (MindSpore 2.10 cannot write HSwish to ONNX).
+    Same values either way; build (compile) the graph inside the block."""
+    cells = [cell for _, cell in net.cells_and_names() if isinstance(cell, (HardSwish, HardSigmoid))]
+    for cell in cells:
+        cell.fused = False
+    try:
+        yield net
+    finally:
+        for cell in cells:
+            cell.fused = True
 
 
 def activation(name: str | None) -> nn.Cell:
