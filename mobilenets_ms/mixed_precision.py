@@ -47,6 +47,7 @@ class LossScale(nn.Cell):
         if loss_scale < 0:
             raise ValueError(f"mixed_precision.loss_scale={loss_scale} must be >= 0 (0 = dynamic)")
         self.dynamic = loss_scale == 0
+        self.unit = loss_scale == 1  # fixed at 1: the train step skips the multiply and divide
         self.factor = float(factor)
         self.window = int(window)
         self.scale = Parameter(Tensor(float(init if self.dynamic else loss_scale), ms.float32),

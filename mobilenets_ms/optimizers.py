@@ -14,6 +14,9 @@ with g the (unscaled, all-reduced) gradient, wd the weight decay and lr the rate
   adamw:    m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  t <- t + 1
             w <- w - lr * (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd * w)   (decay masked)
 
+Plain momentum runs as MindSpore's fused ApplyMomentum kernel (one per parameter); the other
+rules are composed of elementwise ops.
+
 `construct(grads, lr, apply)` leaves every parameter and every state untouched where `apply`
 is False (an overflow step), without branching, so it runs the same in graph and PyNative mode.
 """
@@ -42,17 +45,26 @@ def lr_lookup(table: Tensor, step: Tensor) -> Tensor:
 
 
 _momentum_update = ops.MultitypeFuncGraph("momentum_update")
+_nesterov_update = ops.MultitypeFuncGraph("nesterov_update")
 _rmsprop_update = ops.MultitypeFuncGraph("rmsprop_update")
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 
 
-@_momentum_update.register("Number", "Bool", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor")
-def _momentum_one(momentum, nesterov, lr, apply, wd, grad, param, moment):
+@_momentum_update.register("Function", "Tensor", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor")
+def _momentum_one(apply_momentum, lr, momentum, apply, wd, grad, param, moment):
+    # One fused kernel per parameter: v <- momentum * v + g; w <- w - lr * v. A skipped step runs
+    # it with g = 0, momentum = 1, lr = 0, which leaves v and w exactly as they were.
+    g = grad + wd * param if wd else grad
+    return apply_momentum(param, moment, lr, ops.where(apply, g, 0.0), momentum)
+
+
+@_nesterov_update.register("Number", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor")
+def _nesterov_one(momentum, lr, apply, wd, grad, param, moment):
+    # Composed: MindSpore 2.10's CPU ApplyMomentum(use_nesterov=True) is not this rule.
     g = grad + wd * param
     v = momentum * moment + g
-    step = g + momentum * v if nesterov else v
     ops.assign(moment, ops.where(apply, v, moment))
-    ops.assign(param, ops.where(apply, param - lr * step, param))
+    ops.assign(param, ops.where(apply, param - lr * (g + momentum * v), param))
     return apply
 
 
@@ -113,6 +125,7 @@ class Optimizer(nn.Cell):
             if self.kind == "rmsprop":
                 self.mean_square = self.params.clone(prefix="mean_square", init="ones")
             self.moments = self.params.clone(prefix="moments", init="zeros")
+            self.apply_momentum = ops.ApplyMomentum()
 
     def lr_at(self, step: Tensor) -> Tensor:
         """Rates of the given update indices (any shape), with the lookup `construct`'s caller uses."""
@@ -137,7 +150,12 @@ class Optimizer(nn.Cell):
             return self.hyper_map(ops.partial(_rmsprop_update, self.momentum, self.nesterov, self.decay, self.eps,
                                               lr, apply), self.decay_values, grads, self.params, self.mean_square,
                                   self.moments)
-        return self.hyper_map(ops.partial(_momentum_update, self.momentum, self.nesterov, lr, apply),
+        if self.nesterov:
+            return self.hyper_map(ops.partial(_nesterov_update, self.momentum, lr, apply),
+                                  self.decay_values, grads, self.params, self.moments)
+        lr = ops.where(apply, lr, 0.0)
+        momentum = ops.where(apply, Tensor(self.momentum, ms.float32), 1.0)
+        return self.hyper_map(ops.partial(_momentum_update, self.apply_momentum, lr, momentum, apply),
                               self.decay_values, grads, self.params, self.moments)
 
 

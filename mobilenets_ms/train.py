@@ -179,12 +179,14 @@ class TrainStep(nn.Cell):
         self.statistics_before = self.statistics.clone(prefix="statistics_before", init="same")
 
     def construct(self, images, labels, step):
-        scale = self.loss_scale.scale
+        unit = self.loss_scale.unit  # a fixed scale of 1: nothing to scale or unscale
+        scale = 1.0 if unit else self.loss_scale.scale
         self.hyper_map(ops.assign, self.statistics_before, self.statistics)
         (_, loss, logits), grads = self.grad_fn(images, labels, scale)
         if self.distributed:
             grads = self.reducer(grads)
-        grads = self.hyper_map(ops.partial(_unscale, scale), grads)
+        if not unit:
+            grads = self.hyper_map(ops.partial(_unscale, scale), grads)
         finite = ops.logical_and(mixed_precision.all_finite(grads), ops.isfinite(loss))
         finite = self.loss_scale(finite)
         self.hyper_map(ops.partial(_keep_if, finite), self.statistics, self.statistics_before)
