@@ -197,13 +197,37 @@ _STEM_INPUTS = 4  # dense k x k convolutions with at most this many input channe
 def stem_conv(x, w, stride: tuple, padding: tuple):
     """Dense k x k convolution of a few-channel image (w: HWIO, C_in <= 4) as k*k*C_in
     broadcast multiply-adds, one fused loop over the output (2x faster than XLA:CPU's generic
-    convolution for 3 input channels). The backward pass is XLA's own: its kernel gradient is
-    a well-shaped matmul for the library, and the image's gradient is never needed."""
+    convolution for 3 input channels). Its kernel gradient is `_stem_kernel_grad`; the image's
+    gradient (never needed in training) is XLA's own."""
     k, _, c_in, _ = w.shape
     out_hw = (_out_size(x.shape[1], padding[0], k, stride[0]), _out_size(x.shape[2], padding[1], k, stride[1]))
     xp = _pad_hw(x, padding)
     return _tree_sum([tap[..., c:c + 1] * w[i, j, c] for i, j, tap in _taps(xp, k, stride, out_hw)
                       for c in range(c_in)])
+
+
+def _stem_kernel_grad(x, g, k: int, stride: tuple, padding: tuple):
+    """dw[i, j, c, o] = sum over n, y, x of xp[n, y*sh + i, x*sw + j, c] * g[n, y, x, o], as one
+    (k*k*C_in, M) x (M, C_out) matmul per batch chunk over the chunk's patches (im2col). A chunk's
+    patches are small enough to stay in cache, so nothing image-sized is written: 2-2.5x faster
+    than XLA:CPU's convolution kernel gradient, which transposes both operands first."""
+    n, c_in, c_out = x.shape[0], x.shape[-1], g.shape[-1]
+    xp = _pad_hw(x, padding)
+    rows = g.shape[1] * g.shape[2]
+    chunk = _batch_chunk(n, rows * k * k * c_in * x.dtype.itemsize)
+
+    def chunk_grad(xs, gs):
+        patches = jnp.concatenate([tap for _, _, tap in _taps(xs, k, stride, gs.shape[1:3])], axis=3)
+        m = gs.shape[0] * rows
+        return lax.dot_general(patches.reshape(m, k * k * c_in), gs.reshape(m, c_out), (((0,), (0,)), ((), ())))
+
+    if chunk == n:
+        total = chunk_grad(xp, g)
+    else:
+        total = lax.fori_loop(0, n // chunk, lambda i, acc: acc + chunk_grad(
+            lax.dynamic_slice_in_dim(xp, i * chunk, chunk), lax.dynamic_slice_in_dim(g, i * chunk, chunk)),
+            jnp.zeros((k * k * c_in, c_out), g.dtype))
+    return total.reshape(k, k, c_in, c_out)
 
 
 def _stem_fwd(x, w, stride, padding):
@@ -212,8 +236,8 @@ def _stem_fwd(x, w, stride, padding):
 
 def _stem_bwd(stride, padding, residuals, g):
     x, w = residuals
-    _, pullback = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_NHWC), x, w)
-    return pullback(g)
+    _, pullback = jax.vjp(lambda x: lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_NHWC), x)
+    return pullback(g)[0], _stem_kernel_grad(x, g, w.shape[0], stride, padding).astype(w.dtype)
 
 
 stem_conv.defvjp(_stem_fwd, _stem_bwd)

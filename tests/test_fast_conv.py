@@ -132,6 +132,18 @@ def test_stem_convolution_values_and_gradients_equal_xla(shape, kernel, stride, 
         assert_close(a, e)
 
 
+def test_stem_kernel_gradient_sums_in_chunks_across_a_large_batch():
+    """A batch whose patches exceed the chunk budget is summed chunk by chunk in a loop; same gradient."""
+    x, w = random((6, 160, 160, 3), 5), random((3, 3, 3, 16), 6)  # patches: 6 x 80*80*27*4 bytes > 2 MiB
+    assert layers._batch_chunk(6, 80 * 80 * 27 * 4) == 3
+    kwargs = dict(window_strides=(2, 2), padding=((1, 1), (1, 1)), dimension_numbers=NHWC)
+    expected = values_and_grads(lambda x, w: lax.conv_general_dilated(x, w, **kwargs), x, w)
+    actual = jax.jit(lambda x, w: values_and_grads(lambda x, w: layers.fast_conv_general_dilated(x, w, **kwargs),
+                                                   x, w))(x, w)
+    for a, e in zip(actual, expected):  # output, d/dx, d/dw
+        assert_close(a, e)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(window_strides=(1, 1), padding="SAME", feature_group_count=6),  # string padding
     dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), feature_group_count=6, rhs_dilation=(2, 2)),
