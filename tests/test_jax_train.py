@@ -108,6 +108,7 @@ def uninterrupted(tmp_path_factory):
     return workdir, config, result
 
 
+@pytest.mark.slow  # 1.5-2 minutes on 2 cores
 def test_resume_mid_epoch_gives_identical_parameters(tmp_path, uninterrupted):
     full_dir, config, _ = uninterrupted
     workdir = str(tmp_path)
@@ -211,6 +212,7 @@ def test_weight_decay_skips_batchnorm_and_bias_when_asked():
     assert float(updates["bn"]["scale"][0]) == 0.0 and float(updates["bn"]["bias"][0]) == 0.0
 
 
+@pytest.mark.slow  # 1.5-2 minutes on 2 cores
 def test_sigterm_saves_the_current_step_exits_zero_and_the_rerun_continues(tmp_path):
     import signal
     import time

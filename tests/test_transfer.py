@@ -48,6 +48,7 @@ def timm_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # 1.5-2 minutes on 2 cores
 def test_fine_tune_timm_weights_on_a_folder_then_predict(tmp_path, timm_weights):
     write_digit_folder(tmp_path / "photos")
     common = ["--config=configs/mnv3_transfer.py", f"--workdir={tmp_path / 'run'}",
