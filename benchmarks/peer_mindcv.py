@@ -12,8 +12,7 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import time
+import sys
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -22,19 +21,12 @@ import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mobilenets_core.bench import median_seconds_per_step  # noqa: E402  the timing loop of --mode=bench
 
-def timed(run_step, warmup: int, steps: int, repeats: int) -> float:
-    for _ in range(warmup):
-        run_step().asnumpy()
-    per_step = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = None
-        for _ in range(steps):
-            out = run_step()
-        out.asnumpy()
-        per_step.append((time.perf_counter() - start) / steps)
-    return statistics.median(per_step)
+
+def _wait(output):
+    output.asnumpy()
 
 
 def main():
@@ -58,9 +50,10 @@ def main():
     rng = np.random.default_rng(0)
     images = Tensor(rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32))
     labels = Tensor(rng.integers(0, 1000, args.batch).astype(np.int32))
-    train_s = timed(lambda: train_step(images, labels), args.warmup, args.steps, args.repeats)
+    train_s, _ = median_seconds_per_step(lambda: train_step(images, labels), _wait, args.warmup, args.steps,
+                                         args.repeats)
     net.set_train(False)
-    infer_s = timed(lambda: net(images), args.warmup, args.steps, args.repeats)
+    infer_s, _ = median_seconds_per_step(lambda: net(images), _wait, args.warmup, args.steps, args.repeats)
     print(json.dumps({
         "model": args.model, "backend": "mindcv", "device": args.device, "batch_size": args.batch,
         "image_size": args.size, "dtype": "float32",

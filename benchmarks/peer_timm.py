@@ -10,27 +10,17 @@ Prints one JSON line with the keys of our bench record.
 """
 import argparse
 import json
+import os
 import platform
 import resource
-import statistics
-import time
+import sys
 
-import timm
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mobilenets_core.bench import median_seconds_per_step  # noqa: E402  the timing loop of --mode=bench
 
-def timed(run_step, sync, warmup: int, steps: int, repeats: int) -> float:
-    for _ in range(warmup):
-        run_step()
-    sync()
-    per_step = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            run_step()
-        sync()
-        per_step.append((time.perf_counter() - start) / steps)
-    return statistics.median(per_step)
+import timm  # noqa: E402
+import torch  # noqa: E402
 
 
 def main():
@@ -67,14 +57,14 @@ def main():
         optimizer.step()
 
     model.train()
-    train_s = timed(train_step, sync, args.warmup, args.steps, args.repeats)
+    train_s, _ = median_seconds_per_step(train_step, lambda _: sync(), args.warmup, args.steps, args.repeats)
     model.eval()
 
     def infer_step():
         with torch.inference_mode(), context():
             model(images)
 
-    infer_s = timed(infer_step, sync, args.warmup, args.steps, args.repeats)
+    infer_s, _ = median_seconds_per_step(infer_step, lambda _: sync(), args.warmup, args.steps, args.repeats)
     if device.type == "cuda":
         memory, source = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
     else:

@@ -2,6 +2,7 @@
 
 Each engine (mobilenets_jax/bench.py, mobilenets_ms/bench.py) builds its real training step and
 inference pass on synthetic data and hands them here with a function that waits for a result.
+The peers' scripts (benchmarks/peer_timm.py, peer_mindcv.py) time theirs with the same loop.
 """
 from __future__ import annotations
 
