@@ -26,7 +26,7 @@ def build_config(args):
     config.bench.steps, config.bench.repeats = args.steps, args.repeats
     config.mixed_precision.level = "O0"
     if args.conv_impl:
-        config.model.conv_impl = args.conv_impl  # a field only the JAX engine reads
+        config.model.conv_impl = args.conv_impl  # both engines: their fast depthwise forms or the frameworks' own
     return config
 
 

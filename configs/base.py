@@ -18,9 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dropout = 0.2  # before the classifier
     config.model.bn_eps = 1e-5  # timm and MindSpore default; TF-slim / Keras weights use 1e-3
     config.model.bn_decay = 0.9  # running-average decay (PyTorch momentum 0.1, MindSpore momentum 0.9)
-    # JAX engine only (MindSpore ignores it): how depthwise / grouped convolutions are computed.
-    # auto: "fast" on CPU (k x k shifted multiply-adds, mobilenets_jax/layers.py), "xla" elsewhere
-    # (lax.conv with feature_group_count). Same parameters and values either way.
+    # How depthwise / grouped convolutions are computed; same parameters and values either way.
+    # auto: "fast" on CPU, "xla" elsewhere. fast: JAX k x k shifted multiply-adds and grouped
+    # matmuls (mobilenets_jax/layers.py); MindSpore the stride-1 depthwise input gradient as a
+    # forward convolution (mobilenets_ms/layers.py). xla: each framework's own convolution
+    # (lax.conv with feature_group_count; MindSpore's Conv2D and its gradients).
     config.model.conv_impl = "auto"
 
     config.dataset = ml_collections.ConfigDict()

@@ -73,7 +73,7 @@ CHOICES = {
     "mixed_precision.level": ("O0", "O1", "O2", "O3"),
     "init.freeze": ("", "backbone"),
     "convert.format": ("", "canonical", "timm", "mindspore", "jax"),
-    "model.conv_impl": ("auto", "fast", "xla"),  # mobilenets_jax.layers.CONV_IMPLS
+    "model.conv_impl": ("auto", "fast", "xla"),  # mobilenets_jax.layers / mobilenets_ms.layers CONV_IMPLS
 }
 POSITIVE = ("bench.batch_size", "bench.steps", "bench.repeats", "train.batch_size", "train.epochs", "train.log_every_steps", "eval.batch_size", "eval.every_epochs",
             "checkpoint.every_epochs", "checkpoint.keep", "predict.top_k", "mixed_precision.dynamic_window")

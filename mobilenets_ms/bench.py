@@ -20,6 +20,7 @@ from mindspore import Tensor
 
 from mobilenets_core.bench import bench_settings, median_seconds_per_step
 from mobilenets_core.config_check import ConfigError
+from mobilenets_ms import layers
 from mobilenets_ms.train import Trainer, setup
 
 def _wait(outputs):
@@ -73,6 +74,7 @@ def bench(config, workdir: str | None = None) -> dict:
         "peak_memory": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale,
         "peak_memory_source": "process peak RSS",
         "mode": "graph" if ms.get_context("mode") == ms.GRAPH_MODE else "pynative",
+        "conv_impl": layers.resolve_impl(str(config.model.get("conv_impl", None) or "auto")),
         "warmup_steps": warmup, "steps": steps, "repeats": repeats, "first_train_step_s": round(train_first_s, 2),
         "first_infer_s": round(infer_first_s, 2), "mindspore": ms.__version__, "host": platform.node(),
     }
