@@ -71,7 +71,9 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def construct(self, x):
         if self.fast and self.training:  # only a gradient differs; inference runs the plain op
-            return self.stride_one(x, self.weight)
+            # The cast outside the custom-bprop cell, so that under AMP autodiff casts the
+            # weight's gradient back to float32 (inside, the bprop would bypass it).
+            return self.stride_one(x, ops.cast(self.weight, x.dtype))
         return self.conv2d(x, self.weight)
 
 
