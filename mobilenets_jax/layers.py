@@ -99,19 +99,19 @@ def _depthwise_fwd(x, w, stride, padding):
     return _shifted_mac(xp, w, stride, out_hw), (xp, w)
 
 
-def _depthwise_input_grad(g, w, in_hw, stride, padding):
-    """The transposed convolution: g dilated by the stride, padded, correlated with the flipped kernel.
+def _dilated_padded_output_grad(g, k, in_hw, stride, padding):
+    """(gp, (top, left)): g with (s - 1) zeros between rows/columns, padded so that the input
+    gradient is a stride-1 correlation of gp with the flipped kernel; g sits in gp at rows
+    top, top + sh, ... and columns left, left + sw, ...
 
-    With gd = g with (s - 1) zeros between rows/columns, dx[y] = sum_i gd[y + pad_lo - i] w[i], a
-    stride-1 correlation of gd padded by k - 1 - pad_lo before and cut to len(x) + k - 1."""
-    k = w.shape[0]
+    With gd = g dilated by the stride, dx[y] = sum_i gd[y + pad_lo - i] w[i]: gd padded by
+    k - 1 - pad_lo before and cut to len(x) + k - 1."""
     (sh, sw), ((pt, _), (pl, _)) = stride, padding
     h, wd = in_hw
     _, ho, wo, _ = g.shape
-    dil_h, dil_w = (ho - 1) * sh + 1, (wo - 1) * sw + 1
-    gp = lax.optimization_barrier(
-        _pad_hw(g, ((k - 1 - pt, h + pt - dil_h), (k - 1 - pl, wd + pl - dil_w)), (sh - 1, sw - 1)))
-    return _shifted_mac(gp, w[::-1, ::-1], (1, 1), (h, wd))
+    top, left = k - 1 - pt, k - 1 - pl
+    gp = _pad_hw(g, ((top, h + pt - ((ho - 1) * sh + 1)), (left, wd + pl - ((wo - 1) * sw + 1))), (sh - 1, sw - 1))
+    return lax.optimization_barrier(gp), (top, left)
 
 
 def _sum_of_products(xp, g, kernel: int, stride: tuple, axes: tuple):
@@ -135,34 +135,49 @@ def _batch_chunk(n: int, bytes_per_example: int) -> int:
     return max(fitting, default=1)
 
 
-def _depthwise_kernel_grad(xp, g, k, stride):
-    """dw[i, j, c] = sum over n, y, x of xp[n, y*sh + i, x*sw + j, c] * g[n, y, x, c] (xp: padded input).
+def _depthwise_kernel_grad(xp, gp, g_at, k, stride):
+    """dw[i, j, c] = sum over n, y, x of xp[n, y*sh + i, x*sw + j, c] * g[n, y, x, c] (xp: padded
+    input; g read from gp, the input gradient's dilated and padded copy, at g_at = (top, left),
+    so that g itself need not be written to memory a second time).
 
     Summed a few examples at a time (a loop over batch chunks), so that the k*k products of one
     chunk are formed while it is still in cache: 3-6x faster than one pass over the batch. Where
     at least 4 examples fit in a chunk (the later, smaller layers), the chunk is first summed
     over its examples only: a plain vectorised accumulation over (y, x, c), 1.3-1.5x faster
-    there than reducing all of (n, y, x) at once; on the large early layers it is slower."""
+    there than reducing all of (n, y, x) at once; on the large early layers it is slower. There,
+    3x3 kernels over at least 32 channels are summed over (n, y) first, keeping rows of (x, c)
+    side by side (1.1-1.6x faster than all of (n, y, x) at once; slower for 5x5 or 16 channels)."""
     n, c = xp.shape[0], xp.shape[-1]
+    (sh, sw), (top, left) = stride, g_at
+    ho, wo = (xp.shape[1] - k) // sh + 1, (xp.shape[2] - k) // sw + 1
     chunk = _batch_chunk(n, xp[0].size * xp.dtype.itemsize)
-    axes = (0,) if chunk >= 4 else (0, 1, 2)
+    if chunk >= 4:
+        axes = (0,)
+    elif k == 3 and c >= 32:
+        axes = (0, 1)
+    else:
+        axes = (0, 1, 2)
+
+    def chunk_sums(start, size):
+        gs = lax.slice(lax.dynamic_slice_in_dim(gp, start, size), (0, top, left, 0),
+                       (size, top + (ho - 1) * sh + 1, left + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+        return _sum_of_products(lax.dynamic_slice_in_dim(xp, start, size), gs, k, stride, axes)
+
     if chunk == n:
-        return _sum_of_products(xp, g, k, stride, axes).reshape(k, k, c)
-
-    def add_chunk(i, total):
-        start = i * chunk
-        return total + _sum_of_products(lax.dynamic_slice_in_dim(xp, start, chunk),
-                                        lax.dynamic_slice_in_dim(g, start, chunk), k, stride, axes)
-
-    return lax.fori_loop(0, n // chunk, add_chunk, jnp.zeros((k * k, c), g.dtype)).reshape(k, k, c)
+        return chunk_sums(0, n).reshape(k, k, c)
+    total = lax.fori_loop(0, n // chunk, lambda i, acc: acc + chunk_sums(i * chunk, chunk),
+                          jnp.zeros((k * k, c), gp.dtype))
+    return total.reshape(k, k, c)
 
 
 def _depthwise_bwd(stride, padding, residuals, g):
     xp, w = residuals
+    k = w.shape[0]
     (pt, pb), (pl, pr) = padding
     in_hw = (xp.shape[1] - pt - pb, xp.shape[2] - pl - pr)
-    dx = _depthwise_input_grad(g, w, in_hw, stride, padding)
-    dw = _depthwise_kernel_grad(xp, g, w.shape[0], stride)
+    gp, g_at = _dilated_padded_output_grad(g, k, in_hw, stride, padding)
+    dx = _shifted_mac(gp, w[::-1, ::-1], (1, 1), in_hw)
+    dw = _depthwise_kernel_grad(xp, gp, g_at, k, stride)
     return dx, dw.astype(w.dtype)
 
 
@@ -365,7 +380,8 @@ def fast_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
     if explicit is not None and feature_group_count > 1:
         kh, kw, in_per_group, out = rhs.shape
         c_in = lhs.shape[-1]
-        if kh == kw and in_per_group == 1 and feature_group_count == c_in and out == c_in:
+        if kh == kw and in_per_group == 1 and feature_group_count == c_in and out == c_in \
+                and all(v < kh for p in explicit for v in p):  # padding within the kernel, as every model's
             return depthwise_conv(lhs, rhs.reshape(kh, kw, out), tuple(window_strides), explicit)
     if explicit is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) \
             and explicit == ((0, 0), (0, 0)):

@@ -47,6 +47,9 @@ DEPTHWISE_CASES = [  # (n, h, w, c), kernel, stride, padding
     ((2, 6, 7, 3), 3, 2, ((0, 1), (1, 0))),  # TF "same"-style asymmetric padding
     ((2, 6, 6, 3), 3, 1, ((0, 0), (0, 0))),  # valid
     ((2, 9, 8, 4), 3, (2, 1), ((1, 1), (1, 1))),  # different strides per axis
+    ((2, 8, 8, 32), 3, 1, ((1, 1), (1, 1))),  # >= 32 channels: the kernel gradient sums (n, y) first
+    ((2, 9, 8, 40), 3, 2, ((0, 1), (1, 0))),
+    ((2, 7, 7, 3), 3, 1, ((3, 1), (1, 4))),  # padding beyond the kernel: XLA's convolution
 ]
 
 
