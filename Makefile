@@ -24,7 +24,7 @@ demo: setup
 	$(PY) main.py --config=configs/mnv3_small.py --workdir=$(DEMO_WORKDIR) --config.dataset.name=digits
 	$(PY) main.py --config=configs/mnv3_small.py --workdir=$(DEMO_WORKDIR) --config.dataset.name=digits --mode=eval
 
-# The test suite, without the checks marked slow (~15 minutes on 2 cores); `make test-slow`
+# The test suite, without the checks marked slow (~30 minutes on 2 cores); `make test-slow`
 # runs those (whole-network and multi-process checks, every family); CI runs both.
 test: setup
 	$(PY) -m pytest -q -m "not slow" --durations=20 tests
