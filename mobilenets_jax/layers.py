@@ -48,14 +48,18 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
 # ----------------------------------------------------------------------------- depthwise
 
 
-def _taps(xp, kernel: int, stride: tuple, out_hw: tuple):
-    """(i, j, xp[:, i::sh, j::sw, :] cut to the output size) for every kernel tap."""
-    n, _, _, c = xp.shape
+def _window(a, top: int, left: int, stride: tuple, out_hw: tuple):
+    """a[:, top::sh, left::sw, :] cut to out_hw rows and columns."""
+    n, _, _, c = a.shape
     (sh, sw), (ho, wo) = stride, out_hw
+    return lax.slice(a, (0, top, left, 0), (n, top + (ho - 1) * sh + 1, left + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+
+
+def _taps(xp, kernel: int, stride: tuple, out_hw: tuple):
+    """(i, j, the window of xp at tap (i, j)) for every kernel tap."""
     for i in range(kernel):
         for j in range(kernel):
-            yield i, j, lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                                  (1, sh, sw, 1))
+            yield i, j, _window(xp, i, j, stride, out_hw)
 
 
 def _shifted_mac(xp, w, stride: tuple, out_hw: tuple):
@@ -148,8 +152,7 @@ def _depthwise_kernel_grad(xp, gp, g_at, k, stride):
     3x3 kernels over at least 32 channels are summed over (n, y) first, keeping rows of (x, c)
     side by side (1.1-1.6x faster than all of (n, y, x) at once; slower for 5x5 or 16 channels)."""
     n, c = xp.shape[0], xp.shape[-1]
-    (sh, sw), (top, left) = stride, g_at
-    ho, wo = (xp.shape[1] - k) // sh + 1, (xp.shape[2] - k) // sw + 1
+    out_hw = ((xp.shape[1] - k) // stride[0] + 1, (xp.shape[2] - k) // stride[1] + 1)
     chunk = _batch_chunk(n, xp[0].size * xp.dtype.itemsize)
     if chunk >= 4:
         axes = (0,)
@@ -159,8 +162,7 @@ def _depthwise_kernel_grad(xp, gp, g_at, k, stride):
         axes = (0, 1, 2)
 
     def chunk_sums(start, size):
-        gs = lax.slice(lax.dynamic_slice_in_dim(gp, start, size), (0, top, left, 0),
-                       (size, top + (ho - 1) * sh + 1, left + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+        gs = _window(lax.dynamic_slice_in_dim(gp, start, size), *g_at, stride, out_hw)
         return _sum_of_products(lax.dynamic_slice_in_dim(xp, start, size), gs, k, stride, axes)
 
     if chunk == n:
