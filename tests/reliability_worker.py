@@ -1,12 +1,16 @@
 """A training run in its own process, for tests that interrupt it (tests/test_reliability.py).
 
-    python tests/reliability_worker.py DATA WORKDIR OVERRIDES_JSON [--kill-in-save=STEP] [--backend=mindspore]
+    python tests/reliability_worker.py DATA WORKDIR OVERRIDES_JSON [--kill-in-save=STEP] [--seconds-per-batch=S]
+                                       [--backend=mindspore]
 
 trains `reliability_config(DATA, OVERRIDES)` in WORKDIR with the JAX engine (or the MindSpore one),
 and prints one line `exit step=<n>` when train_and_evaluate returns. With --kill-in-save=STEP the
 process SIGKILLs itself inside the save of checkpoint STEP, after every file of it is written and
 before it is committed: JAX, before Orbax renames `<STEP>.orbax-checkpoint-tmp` to `<STEP>`;
 MindSpore, before `.tmp-<STEP>-<pid>.ckpt` is renamed to `ckpt_<STEP>.ckpt`. The worst moment to die.
+With --seconds-per-batch=S every training batch arrives S seconds late, so that a test which signals
+the run after it logged step n knows the step the signal lands in (a step of this tiny program takes
+a few tens of milliseconds, less than the test's polling of metrics.jsonl).
 JAX_COMPILATION_CACHE_DIR in the environment lets the JAX runs share compiled programs.
 """
 import json
@@ -87,6 +91,22 @@ def kill_inside_mindspore_save(step: int) -> None:
     os.replace = replace_or_die  # the whole worker process; only that destination kills
 
 
+def slow_batches(seconds: float) -> None:
+    """Every training batch of this process arrives `seconds` late."""
+    import time
+
+    from mobilenets_core.data.dataset import Dataset
+
+    real = Dataset.train_batches
+
+    def train_batches(self, *args, **kwargs):
+        for batch in real(self, *args, **kwargs):
+            time.sleep(seconds)
+            yield batch
+
+    Dataset.train_batches = train_batches
+
+
 def main(argv):
     data, workdir, overrides = argv[0], argv[1], json.loads(argv[2])
     backend = "jax"
@@ -97,6 +117,8 @@ def main(argv):
         if option.startswith("--kill-in-save="):
             step = int(option.split("=", 1)[1])
             kill_inside_save(step) if backend == "jax" else kill_inside_mindspore_save(step)
+        elif option.startswith("--seconds-per-batch="):
+            slow_batches(float(option.split("=", 1)[1]))
     if backend == "mindspore":
         from mobilenets_ms import train
         from mobilenets_ms.checkpoints import Checkpoints

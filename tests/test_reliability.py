@@ -204,8 +204,10 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     workdir = str(tmp_path / "run")
     config = reliability_config(data)
 
-    # 1. preemption: SIGTERM once step 2 is logged -> checkpoint of the current step, exit 0, promptly
-    proc = start_worker(data, workdir, compile_cache, {}, *ops["worker"])
+    # 1. preemption: SIGTERM once step 2 is logged -> checkpoint of the current step, exit 0, promptly.
+    # The batches come 1 s apart, so the signal lands in step 3 (a step itself takes milliseconds: at full
+    # speed the run could pass the end of epoch 1, step 4, before the test had read step 2's line)
+    proc = start_worker(data, workdir, compile_cache, {}, "--seconds-per-batch=1", *ops["worker"])
     seen = wait_for_train_step(workdir, 2, proc)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
