@@ -82,6 +82,7 @@ def test_digits_profile_applies_unless_overridden():
     assert json.loads(result.stdout.strip().splitlines()[-1])["input_shape"] == [1, 64, 64, 3]
 
 
+@pytest.mark.slow  # ~55 s on 2 cores: two main.py processes, a whole training run
 def test_train_then_eval_reproduces_the_final_top1(tmp_path):
     common = ["--config=configs/mnv3_small.py", f"--workdir={tmp_path}", "--config.dataset.name=digits",
               "--config.model.width=0.5", "--config.train.epochs=2"]

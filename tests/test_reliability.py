@@ -196,6 +196,7 @@ def wait_for_train_step(workdir, step, proc, timeout=300) -> int:
 # ----------------------------------------------------------------------------- 1, 2: kill -9 and SIGTERM
 
 
+@pytest.mark.slow  # ~45 s each on 2 cores: three worker processes and a resume
 @pytest.mark.parametrize("backend", ["jax", "mindspore"])
 def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupted_parameters(
         backend, data, compile_cache, tmp_path, capsys, request):
