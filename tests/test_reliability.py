@@ -4,8 +4,8 @@ Every test breaks something on purpose and asserts what the user can rely on aft
 newest complete checkpoint loads, a resumed run ends with exactly the parameters of an
 uninterrupted one, errors are one line naming the value and the fix, and nothing in a workdir
 is overwritten. The training runs share one tiny program (reliability_worker.reliability_config:
-MobileNetV1 0.25, 32 px, 4 classes, 4 steps per epoch, 3 epochs) and a compilation cache, so
-after the first compile each run costs seconds.
+MobileNetV1 0.25, 32 px, 4 classes, 4 steps per epoch, 3 epochs) and the test run's compilation
+cache (tests/conftest.py), so after the first compile each run costs seconds.
 
 The engine-specific parts (how to read a checkpoint's step list and parameters, where a save in
 flight lives) sit in the BACKENDS table; the tests parameterised over it run on both engines, and
@@ -120,22 +120,6 @@ def snapshot(directory) -> dict:
 # ----------------------------------------------------------------------------- shared fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """One on-disk compilation cache for this process and its workers: the runs compile once."""
-    from jax._src import compilation_cache
-
-    previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    directory = previous[0] or str(tmp_path_factory.mktemp("jax_compilation_cache"))
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()
-    yield directory
-    jax.config.update("jax_compilation_cache_dir", previous[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-    compilation_cache.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_tiny_folder(str(tmp_path_factory.mktemp("tiny_folder")))
@@ -174,9 +158,8 @@ def copy_run(reference_dir, destination, *, up_to: int) -> str:
     return str(destination)
 
 
-def start_worker(data, workdir, compile_cache, overrides=None, *options):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=compile_cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def start_worker(data, workdir, overrides=None, *options):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")  # with the run's compilation cache (tests/conftest.py)
     return subprocess.Popen([sys.executable, WORKER, data, workdir, json.dumps(overrides or {}), *options], cwd=ROOT,
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -199,7 +182,7 @@ def wait_for_train_step(workdir, step, proc, timeout=300) -> int:
 @pytest.mark.slow  # ~45 s each on 2 cores: three worker processes and a resume
 @pytest.mark.parametrize("backend", ["jax", "mindspore"])
 def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupted_parameters(
-        backend, data, compile_cache, tmp_path, capsys, request):
+        backend, data, tmp_path, capsys, request):
     ops = BACKENDS[backend]
     reference = request.getfixturevalue(ops["reference"])
     workdir = str(tmp_path / "run")
@@ -208,7 +191,7 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     # 1. preemption: SIGTERM once step 2 is logged -> checkpoint of the current step, exit 0, promptly.
     # The batches come 1 s apart, so the signal lands in step 3 (a step itself takes milliseconds: at full
     # speed the run could pass the end of epoch 1, step 4, before the test had read step 2's line)
-    proc = start_worker(data, workdir, compile_cache, {}, "--seconds-per-batch=1", *ops["worker"])
+    proc = start_worker(data, workdir, {}, "--seconds-per-batch=1", *ops["worker"])
     seen = wait_for_train_step(workdir, 2, proc)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -223,7 +206,7 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     # 2. resume, then SIGKILL inside the save of the second epoch end after it, files written, not committed
     killed_at = (stopped // STEPS_PER_EPOCH + 2) * STEPS_PER_EPOCH
     complete = (stopped // STEPS_PER_EPOCH + 1) * STEPS_PER_EPOCH
-    proc = start_worker(data, workdir, compile_cache, {}, f"--kill-in-save={killed_at}", *ops["worker"])
+    proc = start_worker(data, workdir, {}, f"--kill-in-save={killed_at}", *ops["worker"])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, err[-3000:]
     assert f"resumed from {ops['checkpoint'](workdir, stopped)} (step {stopped}," in out
