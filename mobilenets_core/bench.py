@@ -1,4 +1,5 @@
-"""--mode=bench, the part both engines share: the bench.* settings and the timing loop.
+"""--mode=bench, the part both engines share: the bench.* settings, the synthetic batch, the timing
+loop and the result record.
 
 Each engine (mobilenets_jax/bench.py, mobilenets_ms/bench.py) builds its real training step and
 inference pass on synthetic data and hands them here with a function that waits for a result.
@@ -6,8 +7,14 @@ The peers' scripts (benchmarks/peer_timm.py, peer_mindcv.py) time theirs with th
 """
 from __future__ import annotations
 
+import json
+import platform
+import resource
 import statistics
+import sys
 import time
+
+import numpy as np
 
 from mobilenets_core.config_check import ConfigError
 
@@ -24,6 +31,14 @@ def bench_settings(config) -> dict:
         if value < least:
             raise ConfigError(f"bench.{key}={value} must be at least {least}")
     return settings
+
+
+def bench_config(config) -> tuple:
+    """(a resolved copy of `config` whose train and eval batch are bench.batch_size, the checked bench.* settings)."""
+    settings = bench_settings(config)
+    config = config.copy_and_resolve_references()
+    config.train.batch_size = config.eval.batch_size = settings["batch_size"]
+    return config, settings
 
 
 def median_seconds_per_step(run_step, wait, warmup: int, steps: int, repeats: int) -> tuple[float, float]:
@@ -45,3 +60,51 @@ def median_seconds_per_step(run_step, wait, warmup: int, steps: int, repeats: in
         wait(out)
         per_step.append((time.perf_counter() - start) / steps)
     return statistics.median(per_step), first
+
+
+def synthetic_batch(config) -> tuple[np.ndarray, np.ndarray]:
+    """One train.batch_size batch of (float32 NHWC images, int32 labels) from a fixed seed: both engines time
+    the same numbers."""
+    batch, size = int(config.train.batch_size), int(config.dataset.image_size)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+    return images, rng.integers(0, int(config.model.num_classes), batch).astype(np.int32)
+
+
+def check_loss(loss: float) -> None:
+    """A non-finite loss on random data means a broken step, not a slow one: no figure is worth printing."""
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"bench: the training loss is {loss} on random data; the step is broken")
+
+
+def process_peak_rss() -> int:
+    """The process's peak resident set in bytes (CPU: model, activations, compiler and Python together)."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+def result_record(config, settings: dict, *, backend: str, version: str, device: str, device_count: int, dtype: str,
+                  train_s: float, train_first_s: float, infer_s: float, infer_first_s: float,
+                  device_peak_bytes: int | None = None, engine_fields: dict | None = None) -> dict:
+    """The one JSON line --mode=bench prints (and returns), with the same keys on both engines:
+    benchmarks/ and BENCHMARKS.md read them. `device_peak_bytes` is the device allocator's peak where
+    the engine reports one, else the process's peak RSS is the memory figure; `engine_fields`
+    (conv_impl, ...) go after the memory, `{backend: version}` before the host."""
+    batch = settings["batch_size"]
+    if device_peak_bytes is None:
+        memory, memory_source = process_peak_rss(), "process peak RSS"
+    else:
+        memory, memory_source = int(device_peak_bytes), "device peak_bytes_in_use"
+    record = {
+        "model": config.model.name, "width": float(config.model.width), "groups": config.model.groups,
+        "backend": backend, "device": device, "device_count": device_count,
+        "batch_size": batch, "image_size": int(config.dataset.image_size), "dtype": dtype,
+        "train_images_per_sec": round(batch / train_s, 2), "infer_images_per_sec": round(batch / infer_s, 2),
+        "step_ms": round(1000 * train_s, 2), "infer_ms": round(1000 * infer_s, 2),
+        "peak_memory": memory, "peak_memory_source": memory_source, **(engine_fields or {}),
+        "warmup_steps": settings["warmup_steps"], "steps": settings["steps"], "repeats": settings["repeats"],
+        "first_train_step_s": round(train_first_s, 2), "first_infer_s": round(infer_first_s, 2),
+        backend: version, "host": platform.node(),
+    }
+    print(json.dumps(record), flush=True)
+    return record

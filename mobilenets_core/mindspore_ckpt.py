@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from mobilenets_core import atomic_files
+
 _DTYPES = {"Float32": np.float32, "Float16": np.float16, "Float64": np.float64, "Int8": np.int8, "Int16": np.int16,
            "Int32": np.int32, "Int64": np.int64, "UInt8": np.uint8, "Bool": np.bool_}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
@@ -122,10 +124,7 @@ def write(path: str, tensors: dict) -> None:
         proto = b"".join(_key(1, 0) + _encode_varint(int(d)) for d in array.shape)
         proto += _bytes_field(2, _NAMES[array.dtype].encode()) + _bytes_field(3, array.tobytes())
         body += _bytes_field(1, _bytes_field(1, name.encode()) + _bytes_field(2, proto))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(bytes(body))
-    os.replace(tmp, path)
+    atomic_files.write_bytes(path, bytes(body))
 
 
 def to_canonical(tensors: dict, canonical_names) -> dict:

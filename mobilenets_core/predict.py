@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from mobilenets_core import atomic_files
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import preprocess
 from mobilenets_core.data.sources import IMAGE_EXTENSIONS
@@ -82,9 +83,5 @@ def run(config, workdir: str, logits_fn) -> list:
     for r in results:
         print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
     if config.predict.output:
-        tmp = f"{config.predict.output}.tmp"
-        with open(tmp, "w") as f:
-            for r in results:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, config.predict.output)
+        atomic_files.write_text(config.predict.output, "".join(json.dumps(r) + "\n" for r in results))
     return results

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from mobilenets_core import specs
+from mobilenets_core import atomic_files, specs
 
 FORMAT_VERSION = "1"
 
@@ -40,13 +40,13 @@ class ModelInfo:
                 "model": json.dumps(dataclasses.asdict(self))}
 
     @classmethod
-    def from_metadata(cls, metadata: dict | None, path: str) -> "ModelInfo":
+    def from_metadata(cls, metadata: dict | None, path: str) -> ModelInfo:
         if not metadata or metadata.get("format") != "mobilenets-canonical":
             raise ValueError(f"{path} is not a mobilenets canonical weight file (no 'mobilenets-canonical' metadata)")
         return cls(**json.loads(metadata["model"]))
 
     @classmethod
-    def from_config(cls, model_cfg) -> "ModelInfo":
+    def from_config(cls, model_cfg) -> ModelInfo:
         return cls(model_cfg.name, float(model_cfg.width), model_cfg.get("groups"), int(model_cfg.num_classes),
                    float(model_cfg.bn_eps))
 
@@ -79,9 +79,8 @@ def save(path: str, state: dict, info: ModelInfo) -> None:
 
     check_state(state, info.architecture())
     arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in state.items()}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(arrays, tmp, metadata=info.to_metadata())
-    os.replace(tmp, path)
+    with atomic_files.staged(path) as tmp:
+        save_file(arrays, tmp, metadata=info.to_metadata())
 
 
 def load(path: str) -> tuple[dict, ModelInfo]:

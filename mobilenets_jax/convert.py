@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from mobilenets_core import mindspore_ckpt, specs, timm_format, weight_files, weights
+from mobilenets_core import atomic_files, mindspore_ckpt, specs, timm_format, weight_files, weights
 from mobilenets_core.config_check import ConfigError
 
 FORMATS = ("canonical", "timm", "mindspore", "jax")
@@ -65,9 +65,8 @@ def convert(config, workdir: str | None = None) -> str:
     elif fmt == "timm":
         from safetensors.numpy import save_file
 
-        tmp = f"{out}.tmp-{os.getpid()}"
-        save_file(timm_format.to_timm(state, info.architecture()), tmp)
-        os.replace(tmp, out)
+        with atomic_files.staged(out) as tmp:
+            save_file(timm_format.to_timm(state, info.architecture()), tmp)
     elif fmt == "mindspore":
         tensors = mindspore_ckpt.from_canonical(state)
         tensors["mobilenets.bn_eps"] = np.array([info.bn_eps], np.float32)

@@ -12,17 +12,16 @@ TensorFlow is imported only inside the functions that write TensorFlow formats: 
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobilenets_core import atomic_files, export_description
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD, build_dataset
+from mobilenets_core.data import build_dataset
 from mobilenets_jax import models
 from mobilenets_jax.checkpoints import Checkpoints
 
@@ -81,17 +80,6 @@ def restore_inference_model(config, workdir: str):
     return module, variables, int(step), meta
 
 
-def _class_names(workdir: str, meta: dict) -> list | None:
-    """The checkpoint's own class names; workdir/dataset.json (the latest run's) only for older checkpoints."""
-    if meta.get("class_names"):
-        return list(meta["class_names"])
-    path = os.path.join(workdir, "dataset.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return list(json.load(f).get("class_names") or []) or None
-    return None
-
-
 def calibration_images(config, count: int) -> np.ndarray:
     """`count` preprocessed training images (epoch 0's first ones), float32 NHWC normalized."""
     train = build_dataset(config, "train")
@@ -111,7 +99,7 @@ def write_stablehlo(module, variables, image_size: int, path: str) -> dict:
     batch, = jax.export.symbolic_shape("batch")
     spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
     exported = jax.export.export(jax.jit(infer), platforms=SERVING_PLATFORMS)(spec)
-    _write_bytes(path, exported.serialize())
+    atomic_files.write_bytes(path, exported.serialize())
     return {"platforms": list(exported.platforms)}
 
 
@@ -146,13 +134,8 @@ def write_saved_model(module, variables, image_size: int, path: str, platforms=S
     import tensorflow as tf
 
     holder = _tf_module(module, variables, image_size, platforms, batch)
-    staged = path + ".partial"  # saved whole, then swapped in: never a half-written model under `path`
-    if os.path.isdir(staged):
-        shutil.rmtree(staged)
-    tf.saved_model.save(holder, staged, signatures={"serving_default": holder.serve})
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(staged, path)
+    with atomic_files.staged(path) as staged:  # saved whole, then swapped in: never a half-written model
+        tf.saved_model.save(holder, staged, signatures={"serving_default": holder.serve})
     return {"signature": "serving_default", "input_name": "images", "output_name": "logits",
             "platforms": list(platforms)}
 
@@ -171,7 +154,7 @@ def write_tflite(module, variables, image_size: int, path: str, int8_path: str |
         saved = os.path.join(staging, "saved_model")
         write_saved_model(module, variables, image_size, saved, platforms=("cpu",))
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        _write_bytes(path, converter.convert())
+        atomic_files.write_bytes(path, converter.convert())
         if int8_path is not None:
             saved = os.path.join(staging, "saved_model_int8")
             write_saved_model(module, variables, image_size, saved, platforms=("cpu",), batch=INT8_BATCH)
@@ -184,7 +167,7 @@ def write_tflite(module, variables, image_size: int, path: str, int8_path: str |
 
             converter.representative_dataset = samples
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            _write_bytes(int8_path, converter.convert())
+            atomic_files.write_bytes(int8_path, converter.convert())
 
 
 def int8_agreement(module, variables, int8_path: str, config) -> dict:
@@ -215,14 +198,6 @@ def int8_agreement(module, variables, int8_path: str, config) -> dict:
             "int8_top1": float(np.mean(int8_top == labels)), "float_top1": float(np.mean(float_top == labels))}
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    """Whole file or nothing: a crash never leaves a truncated artefact under the final name."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -238,24 +213,19 @@ def export(config, workdir: str) -> dict:
     size = int(meta.get("image_size", config.dataset.image_size))
     out_dir = os.path.join(workdir, "export")
     os.makedirs(out_dir, exist_ok=True)
-    paths = {}
-    artefacts = []
-    in_shape = [None, size, size, 3]
+    paths, artefacts = {}, []
     num_classes = int(config.model.num_classes)
 
-    def record(key, fmt, extra):
+    def record(key, fmt, extra, batch=None):
         paths[key] = os.path.join(out_dir, FILES[key])
-        shape = list(extra.pop("input_shape", in_shape))
-        artefacts.append({"format": fmt, "path": FILES[key], "input_shape": shape, "input_dtype": "float32",
-                          "output_shape": [shape[0], num_classes], "output_dtype": "float32", **extra})
+        artefacts.append(export_description.artefact(fmt, FILES[key], batch, size, num_classes, **extra))
 
     if "tflite" in formats:
         representative = calibration_images(config, int(config.export.calibration_images))
         write_tflite(module, variables, size, os.path.join(out_dir, FILES["tflite"]),
                      os.path.join(out_dir, FILES["tflite_int8"]), representative)
         record("tflite", "tflite", {"quantization": "float32"})
-        int8 = {"input_shape": [INT8_BATCH, size, size, 3],
-                "quantization": "int8 post-training (float32 input and output)",
+        int8 = {"quantization": "int8 post-training (float32 input and output)",
                 "calibration_images": int(len(representative))}
         if int(config.export.agreement_images) > 0:
             check = int8_agreement(module, variables, os.path.join(out_dir, FILES["tflite_int8"]), config)
@@ -263,7 +233,7 @@ def export(config, workdir: str) -> dict:
             print(f"int8 TFLite: Top-1 agreement with the float model {check['top1_agreement']:.4f} on "
                   f"{check['images']} validation images (Top-1 int8 {check['int8_top1']:.4f}, "
                   f"float {check['float_top1']:.4f})")
-        record("tflite_int8", "tflite", int8)
+        record("tflite_int8", "tflite", int8, batch=INT8_BATCH)
     if "saved_model" in formats:
         extra = write_saved_model(module, variables, size, os.path.join(out_dir, FILES["saved_model"]))
         record("saved_model", "saved_model", extra)
@@ -271,22 +241,7 @@ def export(config, workdir: str) -> dict:
         extra = write_stablehlo(module, variables, size, os.path.join(out_dir, FILES["stablehlo"]))
         record("stablehlo", "stablehlo", {**extra, "load": "jax.export.deserialize(bytes).call(images)"})
 
-    description = {
-        "engine": "jax",
-        "model": {k: meta.get("model", {}).get(k, config.model.get(k)) for k in
-                  ("name", "width", "groups", "num_classes", "bn_eps")},
-        "checkpoint": {"path": os.path.join(workdir, "checkpoints", str(step)), "step": step,
-                       "weights": "ema" if config.ema.decay > 0 else "params"},
-        "input": {"shape": in_shape, "dtype": "float32", "layout": "NHWC", "color": "RGB",
-                  "normalization": {"mean": NORMALIZE_MEAN.tolist(), "std": NORMALIZE_STD.tolist(),
-                                    "formula": "(pixel_0_255 - mean) / std"}},
-        "output": {"shape": [None, num_classes], "dtype": "float32", "kind": "logits"},
-        "class_names": _class_names(workdir, meta),
-        "artefacts": artefacts,
-    }
-    paths["metadata"] = os.path.join(out_dir, "export.json")
-    with open(paths["metadata"], "w") as f:
-        json.dump(description, f, indent=2)
-    for key, path in paths.items():
-        print(f"exported {key}: {path}")
-    return paths
+    checkpoint = {"path": os.path.join(workdir, "checkpoints", str(step)), "step": step,
+                  "weights": "ema" if config.ema.decay > 0 else "params"}
+    return export_description.write(out_dir, paths, export_description.describe(
+        "jax", workdir, meta, config.model, checkpoint, size, num_classes, artefacts))

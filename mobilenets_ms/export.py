@@ -10,16 +10,14 @@ names), the same description the JAX engine writes.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from mobilenets_core import atomic_files, export_description
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD
 from mobilenets_ms import models, train
 from mobilenets_ms.checkpoints import Checkpoints
 
@@ -39,28 +37,15 @@ def requested_formats(config) -> tuple:
     return FORMATS if fmt == "all" else (fmt,)
 
 
-def _class_names(workdir: str, meta: dict) -> list | None:
-    """The checkpoint's own class names; workdir/dataset.json (the latest run's) only for older checkpoints."""
-    if meta.get("class_names"):
-        return list(meta["class_names"])
-    path = os.path.join(workdir, "dataset.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return list(json.load(f).get("class_names") or []) or None
-    return None
-
-
 def _write(net, example: Tensor, path: str, fmt: str) -> None:
-    """Export into a scratch directory beside `path`, then rename: never a truncated file under the final name."""
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".export-") as scratch:
-        staged = os.path.join(scratch, os.path.basename(path))
+    """Export under a temporary name beside `path`, then rename: never a truncated file under the final name."""
+    with atomic_files.staged(path) as staged:  # keeps the extension, so MindSpore appends none
         if fmt == "onnx":
             with models.portable_activations(net):
                 ms.onnx.export(net, example, file_name=staged, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         else:
             ms.export(net, example, file_name=staged, file_format=fmt.upper())
         os.chmod(staged, 0o666 & ~_umask())  # MindSpore leaves MINDIR owner-read-only; deploy files are shared
-        os.replace(staged, path)
 
 
 def _umask() -> int:
@@ -107,8 +92,7 @@ def export(config, workdir: str) -> dict:
         example = Tensor(shape=[None, size, size, 3], dtype=ms.float32) if batch is None else fixed
         _write(net, example, path, fmt)
         paths[fmt] = path
-        artefact = {"format": fmt, "path": FILES[fmt], "input_shape": [batch, size, size, 3],
-                    "input_dtype": "float32", "output_shape": [batch, num_classes], "output_dtype": "float32"}
+        artefact = export_description.artefact(fmt, FILES[fmt], batch, size, num_classes)
         if fmt == "mindir":
             artefact["load"] = "mindspore.nn.GraphCell(mindspore.load(path))(images)"
         elif fmt == "onnx":
@@ -116,22 +100,5 @@ def export(config, workdir: str) -> dict:
                             load="onnxruntime.InferenceSession(path).run(None, {'images': images})[0]")
         artefacts.append(artefact)
 
-    model = meta.get("model") or {}
-    description = {
-        "engine": "mindspore",
-        "model": {k: model.get(k, trainer.config.model.get(k))  # trainer.config: with the weights' bn_eps
-                  for k in ("name", "width", "groups", "num_classes", "bn_eps")},
-        "checkpoint": source,
-        "input": {"shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC", "color": "RGB",
-                  "normalization": {"mean": NORMALIZE_MEAN.tolist(), "std": NORMALIZE_STD.tolist(),
-                                    "formula": "(pixel_0_255 - mean) / std"}},
-        "output": {"shape": [None, num_classes], "dtype": "float32", "kind": "logits"},
-        "class_names": _class_names(workdir, meta),
-        "artefacts": artefacts,
-    }
-    paths["metadata"] = os.path.join(out_dir, "export.json")
-    with open(paths["metadata"], "w") as f:
-        json.dump(description, f, indent=2)
-    for key, path in paths.items():
-        print(f"exported {key}: {path}")
-    return paths
+    return export_description.write(out_dir, paths, export_description.describe(  # trainer.config: the weights' bn_eps
+        "mindspore", workdir, meta, trainer.config.model, source, size, num_classes, artefacts))
