@@ -17,3 +17,27 @@ class NonFiniteLoss(RunError, FloatingPointError):
 
 class CheckpointError(RunError):
     """A checkpoint could not be written, or one in the workdir cannot be read."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, what a one-line report quotes of a library's error."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text[:limit]}"
+
+
+def checkpoint_write_error(directory: str, step, error: BaseException, complete: list) -> CheckpointError:
+    """A save of `step` failed; `complete` are the steps on disk that are still good."""
+    good = [s for s in complete if s != step]
+    kept = (f"the newest complete checkpoint, step {good[-1]}, is intact" if good else
+            "there is no complete checkpoint yet")
+    return CheckpointError(f"could not write checkpoint step {step} to {directory} ({first_line(error)}); {kept}. "
+                           f"Free disk space or fix the permissions of the workdir, then run again to resume")
+
+
+def checkpoint_read_error(directory: str, step, error: BaseException, path: str, complete: list) -> CheckpointError:
+    """Checkpoint `step` (at `path`) cannot be read; `complete` are the steps on disk."""
+    others = [s for s in complete if s != step]
+    return CheckpointError(f"checkpoint step {step} in {directory} cannot be read ({first_line(error)}); "
+                           f"move {path} out of the way to use "
+                           + (f"step {others[-1]} (available: {others})" if others else "a fresh start"))
+

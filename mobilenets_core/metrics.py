@@ -1,6 +1,7 @@
 """Metric names and where they go: workdir/metrics.jsonl, TensorBoard, and the console.
 
-Both engines report through `MetricsWriter`, so a line means the same whichever engine wrote it:
+The loop both engines run (mobilenets_core.loop) reports through `MetricsWriter`, so a line means
+the same whichever engine wrote it:
 
   step            number of optimizer updates done when the line was written
   epoch           1-based epoch the line belongs to
@@ -10,6 +11,8 @@ Both engines report through `MetricsWriter`, so a line means the same whichever 
   lr              learning rate of the last update (train lines)
   images_per_sec  training images per second over the logged steps (eval: evaluation throughput)
   step_ms         wall-clock milliseconds per step over the logged steps
+  data_ms         (train) of those, milliseconds per step the loop waited for the input pipeline
+  overflow_steps  (train) steps refused as non-finite over the whole run so far
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import os
 import time
 
 import numpy as np
+
+from mobilenets_core import atomic_files
 
 REQUIRED_KEYS = ("step", "epoch", "split", "loss", "top1", "top5", "lr", "images_per_sec", "step_ms")
 
@@ -97,12 +102,7 @@ def truncate_after(workdir: str, step: int) -> int:
     kept = [r for r in records if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
     dropped = len(records) - len(kept) + broken
     if dropped:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_files.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return dropped
 
 

@@ -1,4 +1,4 @@
-"""The JAX/Flax engine: models, weight conversion and (later) training on any JAX backend."""
+"""The JAX/Flax engine: models, weight conversion, training (`train`), export and bench on any JAX backend."""
 from __future__ import annotations
 
 import jax

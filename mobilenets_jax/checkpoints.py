@@ -21,16 +21,10 @@ import orbax.checkpoint as ocp
 
 from mobilenets_core import resume_checks
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.failures import CheckpointError
+from mobilenets_core.failures import CheckpointError, checkpoint_read_error, checkpoint_write_error
 
-MODEL_KEYS = resume_checks.MODEL_KEYS
 # TrainState fields a checkpoint written before they existed may lack; they restore fresh.
 FRESH_IF_MISSING = ("loss_scale",)
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text[:limit]}"
 
 
 def _path(key: tuple) -> str:
@@ -69,12 +63,7 @@ class Checkpoints:
         self._pending = step
 
     def _write_error(self, step, error: BaseException) -> CheckpointError:
-        good = self.complete_steps()
-        kept = (f"the newest complete checkpoint, step {good[-1]}, is intact" if good else
-                "there is no complete checkpoint yet")
-        return CheckpointError(f"could not write checkpoint step {step} to {self.directory} ({_first_line(error)}); "
-                               f"{kept}. Free disk space or fix the permissions of the workdir, then run again "
-                               f"to resume")
+        return checkpoint_write_error(self.directory, step, error, self.complete_steps())
 
     def meta(self, step: int) -> dict:
         """The JSON `meta` item of checkpoint `step` (model, dataset, class names, epoch)."""
@@ -84,10 +73,7 @@ class Checkpoints:
             raise self._read_error(step, e) from e
 
     def _read_error(self, step, error: BaseException) -> CheckpointError:
-        others = [s for s in self.complete_steps() if s != step]
-        return CheckpointError(f"checkpoint step {step} in {self.directory} cannot be read ({_first_line(error)}); "
-                               f"move {self.directory}/{step} out of the way to use "
-                               + (f"step {others[-1]} (available: {others})" if others else "a fresh start"))
+        return checkpoint_read_error(self.directory, step, error, f"{self.directory}/{step}", self.complete_steps())
 
     def check_model(self, step: int, model: dict, meta: dict | None = None) -> dict:
         """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's
@@ -144,7 +130,7 @@ class Checkpoints:
                 ("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if items]
             raise ConfigError(
                 f"checkpoint step {step} in {self.directory} ("
-                + " ".join(f"{k}={model[k]}" for k in MODEL_KEYS if k in model)
+                + " ".join(f"{k}={model[k]}" for k in resume_checks.MODEL_KEYS if k in model)
                 + ") does not fit this config's training state: " + "; ".join(parts)
                 + ". It was written with other settings (model.*, optimizer.name, ema.decay, init.freeze): "
                   "use those to resume, or another --workdir")

@@ -29,7 +29,7 @@ def build_optimizer(config, lr_table) -> optax.GradientTransformation:
         from mobilenets_jax.models import HEAD_MODULES
 
         labels = lambda params: {k: jax.tree_util.tree_map(  # noqa: E731
-            lambda _: "train" if k in HEAD_MODULES else "frozen", v) for k, v in params.items()}
+            lambda _, k=k: "train" if k in HEAD_MODULES else "frozen", v) for k, v in params.items()}
         return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     return tx
 
@@ -90,11 +90,18 @@ class LossScale:
         return {"scale": jnp.asarray(self.initial, jnp.float32), "good_steps": jnp.zeros((), jnp.int32),
                 "overflow_steps": jnp.zeros((), jnp.int32)}
 
+    def admits(self, state: dict, finite):
+        """Whether a step is applied: its numbers are finite and, under a fixed scale, no earlier step's
+        were (good_steps = -1 marks that state halted), so the steps dispatched after a non-finite one
+        before the loop sees it change nothing either."""
+        return finite if self.dynamic else finite & (state["good_steps"] >= 0)
+
     def update(self, state: dict, finite) -> dict:
-        """The state after a step whose gradients were all finite (or not)."""
+        """The state after a step that was applied (finite) or refused."""
         overflow_steps = state["overflow_steps"] + jnp.where(finite, 0, 1).astype(jnp.int32)
         if not self.dynamic:
-            return {**state, "overflow_steps": overflow_steps}
+            return {**state, "overflow_steps": overflow_steps,
+                    "good_steps": jnp.where(finite, state["good_steps"], -1).astype(jnp.int32)}
         good = state["good_steps"] + 1
         grow = good >= self.window
         grown = jnp.where(grow, state["scale"] * self.factor, state["scale"])

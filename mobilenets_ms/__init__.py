@@ -1,4 +1,4 @@
-"""The MindSpore engine: models and weight conversion (training lives in its own modules).
+"""The MindSpore engine: models and weight conversion here; training (`train`), export and bench in their modules.
 
 Importing this package imports MindSpore and the framework-free core only, never JAX or TensorFlow.
 """
@@ -55,7 +55,7 @@ def save_canonical(net, info: canonical.ModelInfo, path: str) -> None:
                                             ("num_classes", arch.head.num_classes))
                  if getattr(info, field) != value]
     if differing:
-        raise ValueError(f"ModelInfo does not describe this network: "
+        raise ValueError("ModelInfo does not describe this network: "
                          + "; ".join(f"{f}: info has {getattr(info, f)!r}" for f in differing))
     canonical.save(path, to_canonical(net), info)
 

@@ -26,16 +26,11 @@ import mindspore as ms
 import numpy as np
 
 from mobilenets_core import resume_checks
-from mobilenets_core.failures import CheckpointError
+from mobilenets_core.failures import CheckpointError, checkpoint_read_error, checkpoint_write_error
 
 _NAME = re.compile(r"^ckpt_(\d+)\.ckpt$")
 _META = re.compile(r"^ckpt_(\d+)\.json$")
 _TEMPORARY = ".tmp-"  # prefix of what a save writes before its renames
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text[:limit]}"
 
 
 class Checkpoints:
@@ -113,18 +108,10 @@ class Checkpoints:
                 pass
 
     def _write_error(self, step: int, error: BaseException) -> CheckpointError:
-        good = [s for s in self.all_steps() if s != step]
-        kept = (f"the newest complete checkpoint, step {good[-1]}, is intact" if good else
-                "there is no complete checkpoint yet")
-        return CheckpointError(f"could not write checkpoint step {step} to {self.directory} ({_first_line(error)}); "
-                               f"{kept}. Free disk space or fix the permissions of the workdir, then run again "
-                               f"to resume")
+        return checkpoint_write_error(self.directory, step, error, self.all_steps())
 
     def _read_error(self, step: int, error: BaseException) -> CheckpointError:
-        others = [s for s in self.all_steps() if s != step]
-        return CheckpointError(f"checkpoint step {step} in {self.directory} cannot be read ({_first_line(error)}); "
-                               f"move {self.path(step)} out of the way to use "
-                               + (f"step {others[-1]} (available: {others})" if others else "a fresh start"))
+        return checkpoint_read_error(self.directory, step, error, self.path(step), self.all_steps())
 
     def meta(self, step: int) -> dict:
         """The meta of checkpoint `step` ({} for a .ckpt without its .json)."""

@@ -56,7 +56,7 @@ class LossScale(nn.Cell):
         self.overflow_steps = Parameter(Tensor(0, ms.int32), name="overflow_steps", requires_grad=False)
 
     @classmethod
-    def from_config(cls, config) -> "LossScale":
+    def from_config(cls, config) -> LossScale:
         return cls(float(_field(config, "loss_scale", 1.0)), float(_field(config, "dynamic_init", DYNAMIC_INIT)),
                    float(_field(config, "dynamic_factor", DYNAMIC_FACTOR)),
                    int(_field(config, "dynamic_window", DYNAMIC_WINDOW)))
@@ -65,7 +65,13 @@ class LossScale(nn.Cell):
         return [self.scale, self.good_steps, self.overflow_steps]
 
     def construct(self, finite):
-        """Record a step whose gradients were all finite (or not); returns `finite`."""
+        """Record a step whose gradients were all finite (or not); returns whether it is applied.
+
+        Under a fixed scale a non-finite step halts the state (good_steps = -1): the steps dispatched
+        after it, before the loop sees it, are refused too."""
+        if not self.dynamic:
+            finite = ops.logical_and(finite, self.good_steps >= 0)
+            ops.assign(self.good_steps, ops.where(finite, self.good_steps, ops.full_like(self.good_steps, -1)))
         ops.assign(self.overflow_steps, ops.where(finite, self.overflow_steps, self.overflow_steps + 1))
         if self.dynamic:
             good = self.good_steps + 1

@@ -12,21 +12,15 @@ device started by `msrun`, `mindspore.communication.init()`, gradients averaged 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 
 import mindspore as ms
 import numpy as np
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import ParameterTuple, Tensor, nn, ops
 
-from mobilenets_core import metrics as metrics_lib
-from mobilenets_core import resume_checks, schedules, specs
+from mobilenets_core import loop, resume_checks, schedules, specs
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.data import build_dataset
-from mobilenets_core.failures import NonFiniteLoss
-from mobilenets_core.preemption import StopOnSignal
 from mobilenets_ms import mixed_precision, models
 from mobilenets_ms.checkpoints import Checkpoints
 from mobilenets_ms.optimizers import build_optimizer
@@ -316,20 +310,32 @@ class Trainer:
                               f"ema.decay={self.config.ema.decay}: missing {missing[:6]}, shape mismatch {wrong[:6]}; "
                               f"use the config it was trained with, or another --workdir")
         for name, param in targets.items():
-            param.set_data(Tensor(np.array(tensors[name], dtype=ms.dtype_to_nptype(param.dtype), order="C")))  # keeps 0-d
+            # np.array, not ascontiguousarray: it keeps 0-d tensors 0-d
+            param.set_data(Tensor(np.array(tensors[name], dtype=ms.dtype_to_nptype(param.dtype), order="C")))
         self.step = int(np.asarray(tensors["step"]))
 
     # -- steps
 
-    def train_on(self, batch: dict) -> dict:
-        """One update on this rank's rows of a global batch; returns loss, top1, top5, lr, overflow."""
+    def dispatch(self, images: Tensor, labels: Tensor):
+        """Start update `self.step` on this rank's rows; returns its (stats, lr, finite) Tensors unread."""
         self.train_step.set_train(True)
-        stats, lr, finite = self.train_step(Tensor(batch["image"]), Tensor(batch["label"]),
-                                            Tensor(self.step, ms.int32))
+        outputs = self.train_step(images, labels, Tensor(self.step, ms.int32))
         self.step += 1
-        loss, top1, top5 = (float(v) for v in stats.asnumpy())
-        return {"loss": loss, "top1": top1, "top5": top5, "lr": float(lr.asnumpy()),
-                "overflow": 0.0 if bool(finite.asnumpy()) else 1.0}
+        return outputs
+
+    @staticmethod
+    def fetch(outputs: list) -> list:
+        """Host rows of `dispatch` results: loss, top1, top5, lr, finite."""
+        rows = []
+        for stats, lr, finite in outputs:
+            loss, top1, top5 = (float(v) for v in stats.asnumpy())
+            rows.append({"loss": loss, "top1": top1, "top5": top5, "lr": float(lr.asnumpy()),
+                         "finite": bool(finite.asnumpy())})
+        return rows
+
+    def train_on(self, batch: dict) -> dict:
+        """One update on this rank's rows of a global batch, waited for: loss, top1, top5, lr, finite."""
+        return self.fetch([self.dispatch(Tensor(batch["image"]), Tensor(batch["label"]))])[0]
 
     @property
     def overflow_steps(self) -> int:
@@ -351,27 +357,22 @@ class Trainer:
                 self._average_statistics = AverageOverRanks(self.train_step.statistics, self.group_size)
             self._average_statistics()
 
-    def evaluate(self, dataset) -> dict:
-        """Every example of `dataset` exactly once (the last batch padded and masked)."""
+    def eval_sums(self, dataset) -> dict:
+        """Sums over every example of `dataset` exactly once (the last batch padded and masked)."""
         self.synchronise_statistics()
-        watch = metrics_lib.Stopwatch()
         live = self._swap_in_ema() if self.ema_decay > 0 else None
         self.eval_step.set_train(False)
-        totals = np.zeros(4, np.float64)
+        totals = None
         try:
             for batch in dataset.eval_batches(int(self.config.eval.batch_size)):
-                totals += self.eval_step(Tensor(batch["image"]), Tensor(batch["label"]),
-                                         Tensor(batch["mask"])).asnumpy().astype(np.float64)
+                sums = self.eval_step(Tensor(batch["image"]), Tensor(batch["label"]), Tensor(batch["mask"]))
+                totals = sums if totals is None else totals + sums  # added on the device, read once
         finally:
             if live is not None:
                 for p, value in zip(self.optimizer.params, live):
                     p.set_data(Tensor(value))
             self.train_step.set_train(True)
-        loss, top1, top5, count = totals
-        if int(round(count)) != dataset.num_examples:
-            raise RuntimeError(f"evaluated {count} examples, the split has {dataset.num_examples}")
-        return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(round(count)),
-                "images_per_sec": count / watch.lap()}
+        return dict(zip(("loss", "top1", "top5", "count"), totals.asnumpy().astype(np.float64).tolist()))
 
     def inference_net(self):
         """The eval-mode network with the weights to deploy (EMA when ema.decay > 0), float32."""
@@ -381,25 +382,7 @@ class Trainer:
         return self.net
 
 
-# ----------------------------------------------------------------------------- the loop
-
-
-def _datasets(config, context: dict):
-    kw = dict(process_index=int(context["rank"]), process_count=int(context["group_size"]))
-    return build_dataset(config, "train", **kw), build_dataset(config, "validation", **kw)
-
-
-def _meta(config, train_ds, epoch: int) -> dict:
-    return {"model": {k: config.model[k] for k in ("name", "width", "groups", "num_classes", "bn_eps")},
-            "dataset": train_ds.name, "class_names": list(train_ds.class_names), "epoch": epoch,
-            "image_size": int(config.dataset.image_size), "engine": "mindspore"}
-
-
-def _progress(total: int, initial: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, disable=None,
-                file=sys.stderr)
+# ----------------------------------------------------------------------------- the engine
 
 
 HEAD_PREFIXES = ("head.", "classifier.")  # what init.freeze=backbone leaves trainable (as the JAX engine)
@@ -435,153 +418,102 @@ def read_initial_weights(config, say) -> dict:
     return fitted
 
 
-def train_and_evaluate(config, workdir: str, stop=None) -> dict | None:
-    """Train `config` in `workdir`, resuming from the newest checkpoint of workdir/ms_checkpoints;
-    returns the final eval result.
+class MsEngine:
+    """The MindSpore side of `mobilenets_core.loop.Engine`: a Trainer (compiled Cells) and .ckpt files."""
 
-    `stop(step) -> bool`, checked after every step, ends the run early with a checkpoint at that
-    step (returns None); a later call resumes there, at the same data position. SIGTERM and
-    SIGINT do the same."""
-    with StopOnSignal() as signals:
-        return _train_and_evaluate(config, workdir,
-                                   lambda step: signals.signal is not None or (stop is not None and stop(step)))
+    name = "mindspore"
 
+    def __init__(self, config, workdir: str, *, read_only: bool = False):
+        self.config, self.workdir = config, workdir
+        self.context = setup(config)
+        ms.set_seed(int(config.train.seed))
+        self.process_index, self.process_count = int(self.context["rank"]), int(self.context["group_size"])
+        self.lead = self.process_index == 0
+        self.checkpoints = Checkpoints(workdir, keep=int(config.checkpoint.keep), read_only=read_only or not self.lead)
+        self.checkpoint_dir = self.checkpoints.directory
+        self.trainer = None
 
-def _train_and_evaluate(config, workdir: str, stop) -> dict | None:
-    context = setup(config)
-    lead = context["rank"] == 0
-    say = print if lead else (lambda *a, **k: None)
-    ms.set_seed(int(config.train.seed))
-    train_ds, val_ds = _datasets(config, context)
-    batch = int(config.train.batch_size)
-    steps_per_epoch = train_ds.steps_per_epoch(batch)
-    total_steps = steps_per_epoch * int(config.train.epochs)
-    checkpoints = Checkpoints(workdir, keep=int(config.checkpoint.keep), read_only=not lead)
+    def latest_step(self):
+        return self.checkpoints.latest_step()
 
-    # Whatever can refuse the run (a checkpoint of another model, data or training state, one that
-    # cannot be read, unreadable init.weights) is decided before the first write to the workdir.
-    latest = checkpoints.latest_step()
-    initial = read_initial_weights(config, say) if latest is None and config.init.weights else None
-    if latest is not None:
-        meta = checkpoints.check_model(latest, resume_checks.model_fields(config))
-        resume_checks.check_same_data(checkpoints.directory, latest, meta, train_ds)
-        tensors, meta = checkpoints.restore(latest)
-        bn_eps = (meta.get("model") or {}).get("bn_eps")
-        if bn_eps is not None:  # a run started from imported weights keeps their epsilon
-            config.model.bn_eps = bn_eps
-    trainer = Trainer(config, steps_per_epoch, context=context)
-    if latest is not None:
-        trainer.load_state(tensors, source=f"checkpoint step {latest} in {checkpoints.directory}")
-    elif initial is not None:
-        trainer.load_weights(initial)
-    start = trainer.step
+    def checkpoint_meta(self, step: int) -> dict:
+        return self.checkpoints.meta(step)
 
-    writer = metrics_lib.MetricsWriter(workdir, enabled=lead)
-    if lead:
-        removed = checkpoints.remove_interrupted_saves()
-        if removed:
-            say(f"removed {', '.join(removed)} from {checkpoints.directory}: left by a save that was interrupted")
-        dropped = metrics_lib.truncate_after(workdir, start)
-        if dropped:
-            say(f"metrics.jsonl: dropped {dropped} line(s) written after step {start}, the step training resumes "
-                f"from (the run was interrupted after them)")
-        with open(os.path.join(workdir, "dataset.json"), "w") as f:
-            json.dump({"name": train_ds.name, "class_names": train_ds.class_names,
-                       "num_train": train_ds.num_examples, "num_validation": val_ds.num_examples}, f)
-    if latest is not None:
-        say(f"resumed from {checkpoints.path(latest)} (step {latest}, epoch {meta.get('epoch')})")
-    level = str(_field(config, "mixed_precision", "level", "O0"))
-    say(f"training {config.model.name} width {config.model.width} on {train_ds.name} ({train_ds.num_examples} "
-        f"train / {val_ds.num_examples} validation images) for {config.train.epochs} epochs x {steps_per_epoch} "
-        f"steps of {batch} on {context['group_size']} {context['device']} device(s) with MindSpore "
-        f"{ms.__version__} ({'graph' if ms.get_context('mode') == ms.GRAPH_MODE else 'pynative'} mode, AMP {level}, "
-        f"loss scale {'dynamic' if trainer.loss_scale.dynamic else float(trainer.loss_scale.scale.asnumpy())})")
-    for note in train_ds.notes + val_ds.notes:
-        say(note)
+    def checkpoint_name(self, step: int) -> str:
+        return self.checkpoints.path(step)
 
-    def save(epoch):
-        trainer.synchronise_statistics()  # a collective: every rank, before rank 0 writes
-        if lead:
-            checkpoints.save(trainer.step, trainer.state_tensors(), _meta(config, train_ds, epoch))
+    def start(self, steps_per_epoch: int, step, say) -> int:
+        config = self.config
+        initial = read_initial_weights(config, say) if step is None and config.init.weights else None
+        if step is not None:
+            tensors, meta = self.checkpoints.restore(step)
+            bn_eps = (meta.get("model") or {}).get("bn_eps")
+            if bn_eps is not None:  # a run started from imported weights keeps their epsilon
+                config.model.bn_eps = bn_eps
+        self.trainer = Trainer(config, steps_per_epoch, context=self.context)
+        if step is not None:
+            self.trainer.load_state(tensors, source=f"checkpoint step {step} in {self.checkpoints.directory}")
+        elif initial is not None:
+            self.trainer.load_weights(initial)
+        if self.lead:
+            removed = self.checkpoints.remove_interrupted_saves()
+            if removed:
+                say(f"removed {', '.join(removed)} from {self.checkpoints.directory}: left by a save that was "
+                    f"interrupted")
+        return self.trainer.step
 
-    result = None
-    for epoch in range(start // steps_per_epoch, int(config.train.epochs)):
-        first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
-        epoch_watch, log_watch = metrics_lib.Stopwatch(), metrics_lib.Stopwatch()
-        epoch_loss, epoch_overflows, log_sums, log_steps, applied = 0.0, 0, None, 0, 0
-        bar = _progress(steps_per_epoch, first, f"epoch {epoch + 1}") if lead else None
-        for local in train_ds.train_batches(batch, epoch=epoch, start_step=first):
-            step_metrics = trainer.train_on(local)
-            step = trainer.step
-            if step_metrics["overflow"] and not trainer.loss_scale.dynamic:
-                if bar is not None:
-                    bar.close()
-                writer.close()
-                good = checkpoints.latest_step()
-                raise NonFiniteLoss(
-                    f"loss is {step_metrics['loss']} at step {step} (epoch {epoch + 1}): the loss or gradients of this "
-                    f"step are not finite, so it was not applied and training stopped; "
-                    + (f"the newest checkpoint, step {good}, is intact" if good is not None
-                       else "no checkpoint was written yet")
-                    + ". Lower optimizer.learning_rate or check the data, or set mixed_precision.loss_scale=0 to "
-                      "skip such steps with a dynamic loss scale")
-            epoch_overflows += int(step_metrics["overflow"])
-            if not step_metrics["overflow"]:  # means are over the steps that were applied
-                epoch_loss += step_metrics["loss"]
-                log_sums = dict(step_metrics) if log_sums is None else {k: log_sums[k] + v
-                                                                         for k, v in step_metrics.items()}
-                applied += 1
-            log_steps += 1
-            if bar is not None:
-                bar.update(1)
-            stopping = stop(step)
-            if step % int(config.train.log_every_steps) == 0 or step % steps_per_epoch == 0 or stopping:
-                seconds = log_watch.lap()
-                means = ({k: v / applied for k, v in log_sums.items() if k != "overflow"} if log_sums
-                         else {k: float("nan") for k in ("loss", "top1", "top5")})
-                means["lr"] = step_metrics["lr"]
-                writer.write({"step": step, "epoch": epoch + 1, "split": "train", **means,
-                              "images_per_sec": log_steps * batch / seconds, "step_ms": 1000 * seconds / log_steps,
-                              "overflow_steps": trainer.overflow_steps})
-                log_sums, log_steps, applied = None, 0, 0
-            if stopping:
-                if bar is not None:
-                    bar.close()
-                save(epoch + 1)
-                writer.close()
-                say(f"stopped at step {step}; checkpoint saved, run again to resume")
-                return None
-        if bar is not None:
-            bar.close()
-        epoch_seconds = epoch_watch.lap()
-        steps_done = steps_per_epoch - first
-        line = metrics_lib.epoch_line(epoch + 1, epoch_seconds, steps_done,
-                                      epoch_loss / max(steps_done - epoch_overflows, 1))
-        if trainer.loss_scale.dynamic or float(trainer.loss_scale.scale.asnumpy()) != 1.0 or epoch_overflows:
-            line += f", overflow steps: {epoch_overflows} (run total {trainer.overflow_steps})"
-        say(line)
-        repaired = train_ds.take_report()
-        if repaired:
-            say(repaired)
-        last = epoch + 1 == int(config.train.epochs)
-        saved = (epoch + 1) % int(config.checkpoint.every_epochs) == 0 or last
-        if saved:
-            save(epoch + 1)
-        if (epoch + 1) % int(config.eval.every_epochs) == 0 or last:
-            result = trainer.evaluate(val_ds)
-            writer.write({"step": trainer.step, "epoch": epoch + 1, "split": "eval", "loss": result["loss"],
-                          "top1": result["top1"], "top5": result["top5"],
-                          "lr": float(trainer.lr[min(trainer.step, total_steps) - 1]),
-                          "images_per_sec": result["images_per_sec"], "step_ms": 0.0})
-            say(metrics_lib.eval_line(result, checkpoints.path(trainer.step) if saved else "(not saved this epoch)"))
-            repaired = val_ds.take_report()
-            if repaired:
-                say(repaired)
-        start = trainer.step
-    writer.close()
-    if result is None:  # already finished before this call: report the final checkpoint
-        result = evaluate(config, workdir)
-    return result
+    def describe(self) -> str:
+        scale = self.trainer.loss_scale
+        return (f"{self.context['group_size']} {self.context['device']} device(s) with MindSpore {ms.__version__} "
+                f"({'graph' if ms.get_context('mode') == ms.GRAPH_MODE else 'pynative'} mode, AMP "
+                f"{_field(self.config, 'mixed_precision', 'level', 'O0')}, loss scale "
+                f"{'dynamic' if scale.dynamic else float(scale.scale.asnumpy())})")
+
+    @property
+    def dynamic_loss_scale(self) -> bool:
+        return self.trainer.loss_scale.dynamic
+
+    @property
+    def shows_overflows(self) -> bool:
+        return self.trainer.loss_scale.dynamic or not self.trainer.loss_scale.unit
+
+    def put(self, local_batch: dict):
+        return Tensor(local_batch["image"]), Tensor(local_batch["label"])
+
+    def train_step(self, batch, step: int):
+        self.trainer.step = step
+        return self.trainer.dispatch(*batch)
+
+    def fetch(self, metrics: list) -> list:
+        return self.trainer.fetch(metrics)
+
+    def overflow_steps(self) -> int:
+        return self.trainer.overflow_steps
+
+    def save(self, step: int, meta: dict) -> None:
+        self.trainer.synchronise_statistics()  # a collective: every rank, before rank 0 writes
+        if self.lead:
+            self.checkpoints.save(step, self.trainer.state_tensors(), meta)
+
+    def finish_saves(self) -> None:  # saves are synchronous
+        pass
+
+    def complete_steps(self) -> list:
+        return self.checkpoints.all_steps()
+
+    def close(self) -> None:
+        pass
+
+    def eval_sums(self, dataset) -> dict:
+        return self.trainer.eval_sums(dataset)
+
+    def load_for_inference(self):
+        self.trainer, step, meta = restore_trainer(self.config, self.workdir)
+        return step, meta
+
+    def logits_fn(self):
+        net = self.trainer.inference_net()
+        return lambda batch: net(Tensor(np.ascontiguousarray(batch, np.float32))).asnumpy()
 
 
 def restore_trainer(config, workdir: str, step: int | None = None):
@@ -616,30 +548,6 @@ def restore_trainer(config, workdir: str, step: int | None = None):
     return trainer, int(step), meta
 
 
-def evaluate(config, workdir: str) -> dict:
-    """Restore the newest checkpoint (or eval.checkpoint) of workdir/ms_checkpoints, or with none there
-    the weights of init.weights, and evaluate the validation split: Loss, Top-1, Top-5 over every
-    example once."""
-    trainer, step, meta = restore_trainer(config, workdir)
-    context = trainer.context
-    _, val_ds = _datasets(config, context)
-    result = trainer.evaluate(val_ds)
-    source = Checkpoints(workdir, read_only=True).path(step) if step is not None else config.init.weights
-    if context["rank"] == 0:
-        os.makedirs(workdir, exist_ok=True)
-        metrics_lib.MetricsWriter(workdir, tensorboard=False).write(
-            {"step": step or 0, "epoch": meta.get("epoch"), "split": "eval", "loss": result["loss"],
-             "top1": result["top1"], "top5": result["top5"], "lr": 0.0, "images_per_sec": result["images_per_sec"],
-             "step_ms": 0.0, "mode": "eval", "engine": "mindspore", "weights": source})
-        print(metrics_lib.eval_line(result, source))
-    return result
 
-
-def predict(config, workdir: str) -> list:
-    """Top-k classes of predict.inputs with what --mode=eval would evaluate (see `restore_trainer`)."""
-    from mobilenets_core import predict as predict_lib
-
-    predict_lib.collect_inputs(config.predict.inputs)  # a bad input spec fails before any work
-    trainer, _, _ = restore_trainer(config, workdir)
-    net = trainer.inference_net()
-    return predict_lib.run(config, workdir, lambda batch: net(Tensor(np.ascontiguousarray(batch, np.float32))).asnumpy())
+# main.py's train, eval and predict modes (see mobilenets_core.loop: train_and_evaluate, evaluate, predict)
+train_and_evaluate, evaluate, predict = loop.entry_points(MsEngine)

@@ -10,6 +10,7 @@ from mobilenets_core import specs
 from mobilenets_core import weights as canonical
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
+from mobilenets_core.data.dataset import Dataset
 from mobilenets_ms import train
 from mobilenets_ms.weights import to_canonical
 from tests.helpers import random_canonical_state, tiny_train_config
@@ -116,13 +117,13 @@ def test_a_non_finite_step_is_skipped_and_counted_with_a_dynamic_loss_scale():
     before = {n: p.asnumpy().copy() for n, p in trainer.state_tensors().items() if n != "step"}
     good = next(batches)
     poisoned = dict(good, image=np.full_like(good["image"], np.nan))
-    assert trainer.train_on(poisoned)["overflow"] == 1.0
+    assert not trainer.train_on(poisoned)["finite"]
     after = {n: p.asnumpy() for n, p in trainer.state_tensors().items() if n != "step"}
     changed = sorted(n for n in before if not np.array_equal(before[n], after[n], equal_nan=True))
     assert changed == ["loss_scale", "loss_scale_good_steps", "overflow_steps"]  # good steps reset to 0
     assert float(after["loss_scale"]) == 512.0 and int(after["overflow_steps"]) == 1
     assert trainer.step == 2  # the data position and the learning-rate index still advance
-    assert trainer.train_on(good)["overflow"] == 0.0
+    assert trainer.train_on(good)["finite"]
     final = to_canonical(trainer.net)
     assert all(np.all(np.isfinite(v)) for v in final.values())
     assert not np.array_equal(final["classifier.weight"], before["classifier.weight"])
@@ -204,20 +205,14 @@ def test_a_non_finite_step_with_a_fixed_loss_scale_stops_naming_the_step(tmp_pat
     """Without a dynamic scale a NaN step is not applied and ends the run; checkpoint 22 is untouched."""
     from mobilenets_core.failures import NonFiniteLoss
 
-    real = train._datasets
+    real = Dataset.train_batches
 
-    def poisoned(config, context):
-        train_ds, val_ds = real(config, context)
-        batches = train_ds.train_batches
+    def train_batches(self, batch_size, *, epoch, start_step=0):
+        for i, b in enumerate(real(self, batch_size, epoch=epoch, start_step=start_step)):
+            step = epoch * self.steps_per_epoch(batch_size) + start_step + i + 1
+            yield dict(b, image=np.full_like(b["image"], np.nan)) if step == 25 else b
 
-        def train_batches(batch_size, epoch, start_step=0):
-            for i, b in enumerate(batches(batch_size, epoch=epoch, start_step=start_step)):
-                step = epoch * train_ds.steps_per_epoch(batch_size) + start_step + i + 1
-                yield dict(b, image=np.full_like(b["image"], np.nan)) if step == 25 else b
-        train_ds.train_batches = train_batches
-        return train_ds, val_ds
-
-    monkeypatch.setattr(train, "_datasets", poisoned)
+    monkeypatch.setattr(Dataset, "train_batches", train_batches)
     config = tiny_train_config(**{**BASE, "mixed_precision.loss_scale": 1024.0})
     with pytest.raises(NonFiniteLoss, match=r"loss is \S+ at step 25 \(epoch 2\).*the newest checkpoint, step 22, "
                                             r"is intact"):

@@ -29,11 +29,12 @@ import pytest
 from PIL import Image
 
 from mobilenets_core import metrics as metrics_lib
-from mobilenets_core import mindspore_ckpt, specs, weight_files, weights
+from mobilenets_core import mindspore_ckpt, resume_checks, specs, weight_files, weights
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset, preprocess
 from mobilenets_core.data.dataset import Dataset
 from mobilenets_core.failures import CheckpointError, NonFiniteLoss
+from mobilenets_core.preemption import StopOnSignal
 from mobilenets_jax import train
 from mobilenets_jax.checkpoints import Checkpoints
 from mobilenets_ms import checkpoints as ms_checkpoints
@@ -218,7 +219,7 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     after = [r for r in metrics_lib.read_metrics(workdir) if r["step"] > complete]
     assert len(after) >= killed_at - complete
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        f.write('{"step": %d, "epoch": 3, "split": "tr' % (after[-1]["step"] + 1))
+        f.write(f'{{"step": {after[-1]["step"] + 1}, "epoch": 3, "split": "tr')
 
     # 3. run again: resumes from the newest complete checkpoint and ends where the uninterrupted run did
     capsys.readouterr()
@@ -235,13 +236,13 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     assert result["top1"] == reference_result["top1"] and result["loss"] == reference_result["loss"]
 
 
-@pytest.mark.parametrize("backend", ["jax", "mindspore"])
-def test_a_second_signal_stops_at_once(backend):
+def test_a_second_signal_stops_at_once():
+    """The loop both engines run (mobilenets_core.loop) stops on the first signal; a second one does not wait."""
     # Python's own handler, whatever this process inherited (a shell's background job starts
     # with SIGINT ignored); put back afterwards.
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with BACKENDS[backend]["engine"].StopOnSignal() as signals:
+        with StopOnSignal() as signals:
             os.kill(os.getpid(), signal.SIGINT)
             assert signals.signal == signal.SIGINT  # the first one only asks the loop to stop
             with pytest.raises(KeyboardInterrupt):
@@ -655,9 +656,9 @@ def test_a_checkpoint_written_before_loss_scaling_existed_still_resumes(data, tm
     old = {name: jax.tree_util.tree_map(fill, getattr(abstract, name))
            for name in ("step", "params", "batch_stats", "opt_state", "ema_params", "rng")}  # no loss_scale
     checkpoints = Checkpoints(str(tmp_path))
-    checkpoints.save(3, old, {"model": train._model_fields(config), "epoch": 1})
+    checkpoints.save(3, old, {"model": resume_checks.model_fields(config), "epoch": 1})
     checkpoints.close()
-    state, meta = Checkpoints(str(tmp_path), read_only=True).restore(3, abstract, model=train._model_fields(config))
+    state, meta = Checkpoints(str(tmp_path), read_only=True).restore(3, abstract, model=resume_checks.model_fields(config))
     assert int(state.step) == 3 and meta["epoch"] == 1
     assert {float(v) for leaf in jax.tree_util.tree_leaves(state.params) for v in np.ravel(leaf)} == {0.5}
     assert float(state.loss_scale["scale"]) == 128.0 and int(state.loss_scale["overflow_steps"]) == 0
@@ -726,16 +727,17 @@ def test_ms_a_failed_save_is_reported_and_the_previous_checkpoint_stays_loadable
 
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 FUZZ = settings(max_examples=150, deadline=2000, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 def _parse(args):
     """main.py's parsing and checks in this process: ('ok', config) or ('exit', message)."""
-    import main
     from absl import flags
 
+    import main
     from configs import base
     from mobilenets_core import config_check
 

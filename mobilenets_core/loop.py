@@ -1,0 +1,383 @@
+"""THE training loop, for both engines: resume, epochs and steps, the cadence of logs, checkpoints and
+evaluations, stop on signal, the non-finite policy, metrics.jsonl rows and console lines; and the
+eval and predict drivers. An engine supplies only what is its own, through `Engine`.
+
+Asynchronous by design. Inside a step the loop reads nothing from the devices: the step count is
+kept here, on the host, and each step's metrics stay on the devices until `Engine.fetch` brings a
+window of them over, every `train.log_every_steps`, at the end of an epoch and before any save.
+The next batches are put on the devices while the current step runs (`AHEAD` of them), and the
+time the loop waited for the input pipeline is reported as `data_ms`.
+
+A step whose loss or gradients are not finite is refused inside the compiled step. With a dynamic
+loss scale it is only counted (`overflow_steps`). With a fixed scale it also halts the state, so
+the steps dispatched after it before the next fetch are refused as well; the fetch then stops the
+run naming that first step, before anything later is saved.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import numpy as np
+
+from mobilenets_core import metrics as metrics_lib
+from mobilenets_core import resume_checks, schedules
+from mobilenets_core.data import build_dataset
+from mobilenets_core.failures import NonFiniteLoss
+from mobilenets_core.preemption import StopOnSignal
+
+AHEAD = 2  # batches on the devices before the step that needs them
+INPUT_BOUND = 0.10  # the epoch line says so above this fraction of the epoch spent waiting for data
+SPLIT_KEYS = ("loss", "top1", "top5")
+
+
+class Engine(Protocol):
+    """What the loop asks of an engine (mobilenets_jax.train.JaxEngine, mobilenets_ms.train.MsEngine).
+
+    Nothing here may wait for a device except `fetch`, `overflow_steps`, `finish_saves` and
+    `eval_sums`. Every process of a multi-process run makes the same calls in the same order."""
+
+    name: str  # "jax" | "mindspore": in checkpoint meta and eval rows
+    process_index: int  # this process, of process_count; process 0 writes metrics and messages
+    process_count: int
+    checkpoint_dir: str
+    dynamic_loss_scale: bool  # a non-finite step is skipped and counted rather than ending the run
+    shows_overflows: bool  # the epoch line counts overflow steps (any scale but a fixed 1)
+
+    def latest_step(self) -> int | None: ...
+    def checkpoint_meta(self, step: int) -> dict: ...
+    def checkpoint_name(self, step: int) -> str: ...
+
+    def start(self, steps_per_epoch: int, step: int | None, say: Callable) -> int:
+        """Build the state: restored from checkpoint `step`, or (None) fresh or from init.weights.
+        Returns the number of steps already done."""
+
+    def describe(self) -> str:
+        """Where the run trains, for the start-of-run line ("1 cpu device(s), 1 process(es)")."""
+
+    def put(self, local_batch: dict) -> Any:
+        """This process's rows of a global batch, sent to the devices (sharded as the step expects)."""
+
+    def train_step(self, batch: Any, step: int) -> Any:
+        """Dispatch update `step` (0-based) on a batch from `put`; returns its metrics, on the device."""
+
+    def fetch(self, metrics: list) -> list:
+        """Host copies of `train_step` results: dicts of loss, top1, top5, lr (floats), finite (bool)."""
+
+    def overflow_steps(self) -> int:
+        """Steps refused as non-finite over the whole run, as of the last dispatched step."""
+
+    def save(self, step: int, meta: dict) -> None: ...
+    def finish_saves(self) -> None: ...
+    def complete_steps(self) -> list: ...
+    def close(self) -> None: ...
+
+    def eval_sums(self, dataset) -> dict:
+        """Sums of loss, top1, top5 and count over every example of `dataset` (host floats)."""
+
+    def load_for_inference(self) -> tuple:
+        """(step or None, meta) of what eval / predict use: eval.checkpoint, else the newest
+        checkpoint, else config.init.weights (step None)."""
+
+    def logits_fn(self) -> Callable[[np.ndarray], np.ndarray]: ...
+
+
+# ----------------------------------------------------------------------------- input
+
+
+class InputWait:
+    """Seconds the loop has waited for the input pipeline since the last `take`."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+def on_device(put: Callable, host_batches: Iterable, ahead: int = AHEAD, wait: InputWait | None = None):
+    """Yield put(batch) for each host batch, with `ahead` batches already on the devices.
+
+    The next host batch is read after the consumer has dispatched its step (the generator resumes
+    then), so reading and transfer overlap the step on the devices."""
+    source = iter(host_batches)
+    queue = collections.deque()
+
+    def fill():
+        while len(queue) < ahead:
+            started = time.perf_counter()
+            batch = next(source, None)
+            if wait is not None:
+                wait.seconds += time.perf_counter() - started
+            if batch is None:
+                return
+            queue.append(put(batch))
+
+    fill()
+    while queue:
+        yield queue.popleft()
+        fill()
+
+
+def datasets(config, engine: Engine):
+    kw = dict(process_index=int(engine.process_index), process_count=int(engine.process_count))
+    return build_dataset(config, "train", **kw), build_dataset(config, "validation", **kw)
+
+
+def checkpoint_meta(config, engine: Engine, train_ds, epoch: int) -> dict:
+    """What a checkpoint says about itself: the network, the data it learned, its epoch."""
+    return {"model": {k: config.model[k] for k in ("name", "width", "groups", "num_classes", "bn_eps")},
+            "dataset": train_ds.name, "class_names": list(train_ds.class_names), "epoch": epoch,
+            "image_size": int(config.dataset.image_size), "engine": engine.name}
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
+                disable=None if enabled else True, file=sys.stderr)
+
+
+class _Window:
+    """Steps since the last reset (a log interval or an epoch): means over the applied ones."""
+
+    def __init__(self):
+        self.steps = self.applied = self.overflows = 0
+        self.sums = dict.fromkeys(SPLIT_KEYS, 0.0)
+        self.data_seconds = 0.0
+        self.watch = metrics_lib.Stopwatch()
+
+    def add(self, row: dict) -> None:
+        self.steps += 1
+        if row["finite"]:
+            self.applied += 1
+            for key in SPLIT_KEYS:
+                self.sums[key] += row[key]
+        else:
+            self.overflows += 1
+
+    def means(self) -> dict:
+        return {k: (v / self.applied if self.applied else float("nan")) for k, v in self.sums.items()}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_and_evaluate(engine: Engine, config, workdir: str, stop=None) -> dict | None:
+    """Train `config` in `workdir`, resuming from the engine's newest checkpoint; returns the final
+    eval result.
+
+    `stop(step) -> bool`, checked after every step, ends the run early with a checkpoint at that
+    step (returns None); a later call resumes there, at the same data position. SIGTERM and
+    SIGINT do the same."""
+    with StopOnSignal() as signals:
+        return _Run(engine, config, workdir,
+                    lambda step: signals.signal is not None or (stop is not None and stop(step))).train()
+
+
+class _Run:
+    def __init__(self, engine: Engine, config, workdir: str, stop):
+        self.engine, self.config, self.workdir, self.stop = engine, config, workdir, stop
+        self.lead = engine.process_index == 0
+        self.say = print if self.lead else (lambda *a, **k: None)
+        self.batch = int(config.train.batch_size)
+        self.log_every = int(config.train.log_every_steps)
+
+    def train(self) -> dict | None:
+        config, engine, say = self.config, self.engine, self.say
+        self.train_ds, self.val_ds = datasets(config, engine)
+        spe = self.steps_per_epoch = self.train_ds.steps_per_epoch(self.batch)
+        epochs = int(config.train.epochs)
+        self.lr = schedules.lr_table(config, spe)
+
+        # Whatever can refuse the run (a checkpoint of another model, data or training state, one that
+        # cannot be read, unreadable init.weights) is decided before the first write to the workdir.
+        latest = engine.latest_step()
+        if latest is not None:
+            meta = engine.checkpoint_meta(latest)
+            resume_checks.check_same_model(engine.checkpoint_dir, latest, meta, resume_checks.model_fields(config))
+            resume_checks.check_same_data(engine.checkpoint_dir, latest, meta, self.train_ds)
+        step = engine.start(spe, latest, say)
+        if latest is not None:
+            say(f"resumed from {engine.checkpoint_name(latest)} (step {latest}, epoch {meta.get('epoch')})")
+        self.writer = metrics_lib.MetricsWriter(self.workdir, enabled=self.lead)
+        if self.lead:
+            self._start_records(step)
+        say(f"training {config.model.name} width {config.model.width} on {self.train_ds.name} "
+            f"({self.train_ds.num_examples} train / {self.val_ds.num_examples} validation images) for {epochs} "
+            f"epochs x {spe} steps of {self.batch} on {engine.describe()}")
+        for note in self.train_ds.notes + self.val_ds.notes:
+            say(note)
+
+        result = None
+        for epoch in range(step // spe, epochs):
+            step = self._train_epoch(epoch, step)
+            if step is None:
+                return None
+            last = epoch + 1 == epochs
+            saved = (epoch + 1) % int(config.checkpoint.every_epochs) == 0 or last
+            if saved:
+                engine.save(step, checkpoint_meta(config, engine, self.train_ds, epoch + 1))
+            if (epoch + 1) % int(config.eval.every_epochs) == 0 or last:
+                engine.finish_saves()  # TFDS reads racing Orbax's finalisation once lost a save; finish it first
+                result = evaluate_split(engine, self.val_ds)
+                self.writer.write({"step": step, "epoch": epoch + 1, "split": "eval",
+                                   **{k: result[k] for k in SPLIT_KEYS}, "lr": float(self.lr[min(step, len(
+                                       self.lr)) - 1]), "images_per_sec": result["images_per_sec"], "step_ms": 0.0})
+                say(metrics_lib.eval_line(result, engine.checkpoint_name(step) if saved else "(not saved this epoch)"))
+                self._report_repairs(self.val_ds)
+        engine.close()
+        self.writer.close()
+        if result is None:  # already finished before this call: report the final checkpoint
+            result = evaluate(engine, config, self.workdir)
+        return result
+
+    def _start_records(self, step: int) -> None:
+        from mobilenets_core.atomic_files import write_json
+
+        dropped = metrics_lib.truncate_after(self.workdir, step)
+        if dropped:
+            self.say(f"metrics.jsonl: dropped {dropped} line(s) written after step {step}, the step training "
+                     f"resumes from (the run was interrupted after them)")
+        write_json(os.path.join(self.workdir, "dataset.json"),
+                   {"name": self.train_ds.name, "class_names": self.train_ds.class_names,
+                    "num_train": self.train_ds.num_examples, "num_validation": self.val_ds.num_examples})
+
+    def _report_repairs(self, dataset) -> None:
+        repaired = dataset.take_report()
+        if repaired:
+            self.say(repaired)
+
+    def _train_epoch(self, epoch: int, step: int) -> int | None:
+        """Steps of `epoch` from `step` on; returns the step count at its end, or None when stopped."""
+        engine, spe = self.engine, self.steps_per_epoch
+        first = step - epoch * spe
+        epoch_window, log_window = _Window(), _Window()
+        wait = InputWait()
+        pending, window_start = [], step  # device metrics of the steps since the last fetch
+        bar = _progress(spe, first, f"epoch {epoch + 1}", self.lead)
+        host_batches = self.train_ds.train_batches(self.batch, epoch=epoch, start_step=first)
+        for batch in on_device(engine.put, host_batches, wait=wait):
+            pending.append(engine.train_step(batch, step))
+            step += 1
+            bar.update(1)
+            stopping = self.stop(step)
+            if step % self.log_every == 0 or step % spe == 0 or stopping:
+                rows = engine.fetch(pending)
+                self._check_finite(rows, window_start, epoch, bar)
+                pending, window_start = [], step
+                for row in rows:
+                    log_window.add(row)
+                    epoch_window.add(row)
+                data_seconds = wait.take()
+                epoch_window.data_seconds += data_seconds
+                self._write_train_row(step, epoch, rows[-1], log_window, data_seconds)
+                log_window = _Window()
+            if stopping:
+                bar.close()
+                engine.save(step, checkpoint_meta(self.config, engine, self.train_ds, epoch + 1))
+                engine.close()
+                self.writer.close()
+                self.say(f"stopped at step {step}; checkpoint saved, run again to resume")
+                return None
+        bar.close()
+        self._epoch_line(epoch, epoch_window)
+        self._report_repairs(self.train_ds)
+        return step
+
+    def _check_finite(self, rows: list, window_start: int, epoch: int, bar) -> None:
+        """Without a dynamic loss scale a non-finite step ends the run: it was not applied, nor was any
+        step after it; a save in flight is finished, nothing later is saved, the message names it."""
+        if self.engine.dynamic_loss_scale or all(row["finite"] for row in rows):
+            return
+        index = next(i for i, row in enumerate(rows) if not row["finite"])
+        bar.close()
+        self.writer.close()
+        self.engine.close()
+        good = self.engine.complete_steps()
+        raise NonFiniteLoss(
+            f"loss is {rows[index]['loss']} at step {window_start + index + 1} (epoch {epoch + 1}): the loss or "
+            f"gradients of this step are not finite, so it was not applied and training stopped; "
+            + (f"the newest checkpoint, step {good[-1]}, is intact" if good else "no checkpoint was written yet")
+            + ". Lower optimizer.learning_rate or check the data, or set mixed_precision.loss_scale=0 to skip such "
+              "steps with a dynamic loss scale")
+
+    def _write_train_row(self, step: int, epoch: int, last: dict, window: _Window, data_seconds: float) -> None:
+        seconds = window.watch.lap()
+        self.writer.write({"step": step, "epoch": epoch + 1, "split": "train", **window.means(), "lr": last["lr"],
+                           "images_per_sec": window.steps * self.batch / seconds,
+                           "step_ms": 1000 * seconds / window.steps, "data_ms": 1000 * data_seconds / window.steps,
+                           "overflow_steps": self.engine.overflow_steps()})
+
+    def _epoch_line(self, epoch: int, window: _Window) -> None:
+        seconds = window.watch.lap()
+        line = metrics_lib.epoch_line(epoch + 1, seconds, window.steps, window.means()["loss"])
+        if self.engine.shows_overflows or window.overflows:
+            line += f", overflow steps: {window.overflows} (run total {self.engine.overflow_steps()})"
+        if window.data_seconds > INPUT_BOUND * seconds:
+            line += (f", input-bound: {100 * window.data_seconds / seconds:.0f}% of the epoch waited for data "
+                     f"(more dataset workers or cores, or a faster source)")
+        self.say(line)
+
+
+# ----------------------------------------------------------------------------- eval and predict
+
+
+def evaluate_split(engine: Engine, dataset) -> dict:
+    """Loss, Top-1 and Top-5 over every example of `dataset` once (the last batch padded and masked)."""
+    watch = metrics_lib.Stopwatch()
+    sums = engine.eval_sums(dataset)
+    count = sums["count"]
+    if int(round(count)) != dataset.num_examples:
+        raise RuntimeError(f"evaluated {count} examples, the split has {dataset.num_examples}")
+    return {**{k: sums[k] / count for k in SPLIT_KEYS}, "count": int(round(count)),
+            "images_per_sec": count / watch.lap()}
+
+
+def evaluate(engine: Engine, config, workdir: str) -> dict:
+    """--mode=eval: what `Engine.load_for_inference` finds, on the whole validation split; one eval
+    row (mode "eval") in metrics.jsonl and the seeds' result line."""
+    step, meta = engine.load_for_inference()
+    val_ds = build_dataset(config, "validation", process_index=int(engine.process_index),
+                           process_count=int(engine.process_count))
+    result = evaluate_split(engine, val_ds)
+    source = engine.checkpoint_name(step) if step is not None else config.init.weights
+    if engine.process_index == 0:
+        os.makedirs(workdir, exist_ok=True)
+        metrics_lib.MetricsWriter(workdir, tensorboard=False).write(
+            {"step": step or 0, "epoch": meta.get("epoch"), "split": "eval", **{k: result[k] for k in SPLIT_KEYS},
+             "lr": 0.0, "images_per_sec": result["images_per_sec"], "step_ms": 0.0, "mode": "eval",
+             "engine": engine.name, "weights": source})
+        print(metrics_lib.eval_line(result, source))
+    return result
+
+
+def predict(engine: Engine, config, workdir: str) -> list:
+    """--mode=predict: top-k classes of predict.inputs with what --mode=eval would evaluate."""
+    from mobilenets_core import predict as predict_lib
+
+    predict_lib.collect_inputs(config.predict.inputs)  # a bad input spec fails before any work
+    engine.load_for_inference()
+    return predict_lib.run(config, workdir, engine.logits_fn())
+
+
+def entry_points(make_engine: Callable) -> tuple:
+    """An engine's (train_and_evaluate, evaluate, predict)(config, workdir), main.py's modes, over
+    `make_engine(config, workdir, read_only=...)`."""
+
+    def train(config, workdir: str, stop=None) -> dict | None:
+        return train_and_evaluate(make_engine(config, workdir), config, workdir, stop)
+
+    def evaluate_mode(config, workdir: str) -> dict:
+        return evaluate(make_engine(config, workdir, read_only=True), config, workdir)
+
+    def predict_mode(config, workdir: str) -> list:
+        return predict(make_engine(config, workdir, read_only=True), config, workdir)
+
+    return train, evaluate_mode, predict_mode
+
