@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-slow
+.PHONY: setup demo lint test test-slow
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -30,8 +30,12 @@ demo: setup
 # compilation. The quick suite keeps each file on one worker (its module fixtures train once);
 # the slow checks are spread test by test. tests/conftest.py shares one compilation cache.
 TEST_WORKERS ?= 2
-test: setup
+test: setup lint
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
+
+# ruff (pinned in requirements.lock), settings in pyproject.toml; a second or two.
+lint: setup
+	$(PY) -m ruff check .
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist load --durations=20 tests

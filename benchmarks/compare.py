@@ -196,7 +196,7 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     info, load_before = machine_info(), load_average()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GLOG_v="3")
     # Compile the JAX programs once per configuration: later rounds load them from disk.

@@ -17,10 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mobilenets_core.bench import median_seconds_per_step  # noqa: E402  the timing loop of --mode=bench
-
 import timm  # noqa: E402
 import torch  # noqa: E402
+
+from mobilenets_core.bench import median_seconds_per_step  # noqa: E402  the timing loop of --mode=bench
 
 
 def main():
@@ -70,8 +70,11 @@ def main():
     else:
         memory, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
     print(json.dumps({
-        "model": args.model, "backend": "timm", "device": f"{device.type}:{torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine()}",
-        "batch_size": args.batch, "image_size": args.size, "dtype": str(amp_dtype).replace("torch.", "") + " autocast" if args.amp else "float32",
+        "model": args.model, "backend": "timm",
+        "device": f"{device.type}:"
+                  + (torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()),
+        "batch_size": args.batch, "image_size": args.size,
+        "dtype": str(amp_dtype).replace("torch.", "") + " autocast" if args.amp else "float32",
         "train_images_per_sec": round(args.batch / train_s, 2), "infer_images_per_sec": round(args.batch / infer_s, 2),
         "step_ms": round(1000 * train_s, 2), "infer_ms": round(1000 * infer_s, 2), "peak_memory": int(memory),
         "peak_memory_source": source, "memory_format": args.memory_format, "torch": torch.__version__, "timm": timm.__version__,

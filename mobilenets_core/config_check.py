@@ -75,8 +75,9 @@ CHOICES = {
     "convert.format": ("", "canonical", "timm", "mindspore", "jax"),
     "model.conv_impl": ("auto", "fast", "xla"),  # mobilenets_jax.layers / mobilenets_ms.layers CONV_IMPLS
 }
-POSITIVE = ("bench.batch_size", "bench.steps", "bench.repeats", "train.batch_size", "train.epochs", "train.log_every_steps", "eval.batch_size", "eval.every_epochs",
-            "checkpoint.every_epochs", "checkpoint.keep", "predict.top_k", "mixed_precision.dynamic_window")
+POSITIVE = ("bench.batch_size", "bench.steps", "bench.repeats", "train.batch_size", "train.epochs",
+            "train.log_every_steps", "eval.batch_size", "eval.every_epochs", "checkpoint.every_epochs",
+            "checkpoint.keep", "predict.top_k", "mixed_precision.dynamic_window")
 NON_NEGATIVE = ("bench.warmup_steps", "optimizer.learning_rate", "optimizer.weight_decay", "optimizer.momentum", "optimizer.eps",
                 "schedule.warmup_epochs", "schedule.init_lr", "schedule.end_lr", "loss.label_smoothing",
                 "mixed_precision.loss_scale", "ema.decay", "eval.checkpoint")

@@ -15,7 +15,6 @@ Conventions (see shared REFERENCE.md and tests/fixtures/ARCH_NOTES.md):
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
 
 MODEL_NAMES = ("mobilenet_v1", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v1")
 ACTIVATIONS = ("relu", "relu6", "hard_swish", None)
@@ -154,7 +153,7 @@ class MaxPool:
     stride: int = 2
 
 
-Block = Union[ConvBN, DepthwiseSeparable, InvertedResidual, ShuffleUnit, MaxPool]
+Block = ConvBN | DepthwiseSeparable | InvertedResidual | ShuffleUnit | MaxPool
 
 
 @dataclasses.dataclass(frozen=True)

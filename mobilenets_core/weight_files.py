@@ -78,7 +78,7 @@ def check_same_network(path: str, file_model: dict, state: dict, arch: specs.Arc
             + f" ({where}); this config has " + ", ".join(f"model.{k}={wanted[k]!r}" for k in differ)
             + ": set those to the file's values, or use weights of this network")
     try:
-        fit(state, arch, f"its tensors")
+        fit(state, arch, "its tensors")
     except ConfigError as e:
         raise ConfigError(f"{line}\n{e}") from None
     raise ConfigError(line)

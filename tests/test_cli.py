@@ -90,11 +90,11 @@ def test_train_then_eval_reproduces_the_final_top1(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "dataset digits: using its profile model.num_classes=10" in trained.stdout
     assert "epoch 2: epoch time: " in trained.stdout and ", avg loss: " in trained.stdout
-    final = [l for l in trained.stdout.splitlines() if l.startswith("result: ")][-1]
+    final = [line for line in trained.stdout.splitlines() if line.startswith("result: ")][-1]
     evaluated = run_main(*common, "--mode=eval")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert [l for l in evaluated.stdout.splitlines() if l.startswith("result: ")] == [final]
-    records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [line for line in evaluated.stdout.splitlines() if line.startswith("result: ")] == [final]
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert records[-1]["split"] == "eval" and records[-1]["mode"] == "eval"
     assert records[-1]["top1"] == records[-2]["top1"]
 

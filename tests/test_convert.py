@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from mobilenets_core import mindspore_ckpt, specs, timm_format, weights
 from tests import timm_reference as ref
@@ -56,8 +55,9 @@ def test_mindspore_checkpoint_written_here_loads_in_mindspore(tmp_path):
 
 def test_a_file_of_another_model_is_refused_and_nothing_written(tmp_path):
     arch = specs.build_architecture("mobilenet_v3_small", 1.0, None, 10)
-    from tests.helpers import random_canonical_state
     from safetensors.numpy import save_file
+
+    from tests.helpers import random_canonical_state
     save_file(timm_format.to_timm(random_canonical_state(arch), arch), str(tmp_path / "wide.safetensors"))
     result = convert(f"--config.init.weights={tmp_path / 'wide.safetensors'}",
                      f"--config.convert.output={tmp_path / 'out.ckpt'}")

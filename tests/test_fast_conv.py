@@ -297,7 +297,7 @@ def test_fast_path_compiles_without_grouped_convolutions():
     for impl, expected in (("fast", False), ("xla", True)):
         module = models.build_network(config.model, conv_impl=impl)
         variables = models.init_variables(module, 0, 32)
-        hlo = jax.jit(lambda v: module.apply(v, x)).lower(variables).as_text()
+        hlo = jax.jit(lambda v, module=module: module.apply(v, x)).lower(variables).as_text()
         assert ("feature_group_count" in hlo) == expected, impl
 
 

@@ -1,5 +1,4 @@
 """Starting a JAX run from weights: every supported file, classifier re-initialisation, frozen backbone."""
-import jax
 import numpy as np
 import pytest
 

@@ -152,9 +152,9 @@ def _ms_hook_macs(model, x):
 
 
 def run_mindcv(keys_dir):
-    import numpy as np
-    import mindspore as ms
     import mindcv
+    import mindspore as ms
+    import numpy as np
 
     if hasattr(ms, "set_device"):
         ms.set_device("CPU")
