@@ -12,6 +12,7 @@ the checkpoints as they were.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -200,11 +201,18 @@ class JaxEngine:
     def __init__(self, config, workdir: str, *, read_only: bool = False):
         initialize_distributed()
         check_batch_sizes(config)
-        self.config, self.workdir = config, workdir
+        self.config, self.workdir, self.read_only = config, workdir, read_only
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
-        self.checkpoints = Checkpoints(workdir, keep=int(config.checkpoint.keep), read_only=read_only)
-        self.checkpoint_dir = self.checkpoints.directory
         self.trainer = self.state = None
+
+    @functools.cached_property
+    def checkpoints(self) -> Checkpoints:
+        """Opened on first use, after the data: a run refused for its dataset leaves no directory behind."""
+        return Checkpoints(self.workdir, keep=int(self.config.checkpoint.keep), read_only=self.read_only)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoints.directory
 
     def latest_step(self):
         return self.checkpoints.latest_step()

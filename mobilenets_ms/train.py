@@ -12,6 +12,7 @@ device started by `msrun`, `mindspore.communication.init()`, gradients averaged 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -429,9 +430,17 @@ class MsEngine:
         ms.set_seed(int(config.train.seed))
         self.process_index, self.process_count = int(self.context["rank"]), int(self.context["group_size"])
         self.lead = self.process_index == 0
-        self.checkpoints = Checkpoints(workdir, keep=int(config.checkpoint.keep), read_only=read_only or not self.lead)
-        self.checkpoint_dir = self.checkpoints.directory
+        self.read_only = read_only or not self.lead
         self.trainer = None
+
+    @functools.cached_property
+    def checkpoints(self) -> Checkpoints:
+        """Opened on first use, after the data: a run refused for its dataset leaves no directory behind."""
+        return Checkpoints(self.workdir, keep=int(self.config.checkpoint.keep), read_only=self.read_only)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoints.directory
 
     def latest_step(self):
         return self.checkpoints.latest_step()

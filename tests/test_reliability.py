@@ -514,6 +514,14 @@ def test_ms_engine_logs_repaired_images_and_stops_on_a_missing_dataset(tmp_path,
     assert not (tmp_path / "other").exists()
 
 
+def test_jax_engine_refuses_a_missing_dataset_before_writing_the_workdir(tmp_path):
+    missing = reliability_config(str(tmp_path / "no_such_folder"), {"model.num_classes": 3})
+    with pytest.raises(ConfigError, match=rf"^dataset.path='{tmp_path}/no_such_folder' does not exist or is not a "
+                                          r"directory$"):
+        train.train_and_evaluate(missing, str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()  # the checkpoint manager is opened after the data
+
+
 # ----------------------------------------------------------------------------- 6: bad checkpoints and weights
 
 
