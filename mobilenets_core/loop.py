@@ -16,6 +16,7 @@ run naming that first step, before anything later is saved.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import sys
 import time
@@ -84,6 +85,26 @@ class Engine(Protocol):
         checkpoint, else config.init.weights (step None)."""
 
     def logits_fn(self) -> Callable[[np.ndarray], np.ndarray]: ...
+
+
+class EngineCheckpoints:
+    """The checkpoint side every engine shares; the engine's `open_checkpoints()` returns its store
+    (with `directory`, `latest_step()`, `meta(step)`). The store opens on first use, after the data
+    were found: a run refused for its dataset leaves no directory behind."""
+
+    @functools.cached_property
+    def checkpoints(self):
+        return self.open_checkpoints()
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoints.directory
+
+    def latest_step(self) -> int | None:
+        return self.checkpoints.latest_step()
+
+    def checkpoint_meta(self, step: int) -> dict:
+        return self.checkpoints.meta(step)
 
 
 # ----------------------------------------------------------------------------- input

@@ -12,7 +12,6 @@ the checkpoints as they were.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -193,7 +192,7 @@ def _with_checkpoint_eps(config, trainer: Trainer, meta: dict, steps_per_epoch: 
     return Trainer(config, steps_per_epoch)
 
 
-class JaxEngine:
+class JaxEngine(loop.EngineCheckpoints):
     """The JAX side of `mobilenets_core.loop.Engine`: a Trainer, its TrainState, Orbax checkpoints."""
 
     name = "jax"
@@ -205,20 +204,8 @@ class JaxEngine:
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         self.trainer = self.state = None
 
-    @functools.cached_property
-    def checkpoints(self) -> Checkpoints:
-        """Opened on first use, after the data: a run refused for its dataset leaves no directory behind."""
+    def open_checkpoints(self) -> Checkpoints:
         return Checkpoints(self.workdir, keep=int(self.config.checkpoint.keep), read_only=self.read_only)
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return self.checkpoints.directory
-
-    def latest_step(self):
-        return self.checkpoints.latest_step()
-
-    def checkpoint_meta(self, step: int) -> dict:
-        return self.checkpoints.meta(step)
 
     def checkpoint_name(self, step: int) -> str:
         return f"{self.checkpoints.directory}/{step}"

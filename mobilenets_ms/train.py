@@ -12,7 +12,6 @@ device started by `msrun`, `mindspore.communication.init()`, gradients averaged 
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -419,7 +418,7 @@ def read_initial_weights(config, say) -> dict:
     return fitted
 
 
-class MsEngine:
+class MsEngine(loop.EngineCheckpoints):
     """The MindSpore side of `mobilenets_core.loop.Engine`: a Trainer (compiled Cells) and .ckpt files."""
 
     name = "mindspore"
@@ -433,20 +432,8 @@ class MsEngine:
         self.read_only = read_only or not self.lead
         self.trainer = None
 
-    @functools.cached_property
-    def checkpoints(self) -> Checkpoints:
-        """Opened on first use, after the data: a run refused for its dataset leaves no directory behind."""
+    def open_checkpoints(self) -> Checkpoints:
         return Checkpoints(self.workdir, keep=int(self.config.checkpoint.keep), read_only=self.read_only)
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return self.checkpoints.directory
-
-    def latest_step(self):
-        return self.checkpoints.latest_step()
-
-    def checkpoint_meta(self, step: int) -> dict:
-        return self.checkpoints.meta(step)
 
     def checkpoint_name(self, step: int) -> str:
         return self.checkpoints.path(step)
