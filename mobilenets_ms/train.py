@@ -471,7 +471,7 @@ class MsEngine(loop.EngineCheckpoints):
 
     @property
     def shows_overflows(self) -> bool:
-        return self.trainer.loss_scale.dynamic or not self.trainer.loss_scale.unit
+        return not self.trainer.loss_scale.unit  # dynamic, or fixed at anything but 1
 
     def put(self, local_batch: dict):
         return Tensor(local_batch["image"]), Tensor(local_batch["label"])
