@@ -78,7 +78,8 @@ def engine(backend: str):
 
 # mode -> (module of the engine package, function(config, workdir))
 ENTRY_POINTS = {"train": ("train", "train_and_evaluate"), "eval": ("train", "evaluate"),
-                "predict": ("train", "predict"), "export": ("export", "export"), "bench": ("bench", "bench")}
+                "predict": ("train", "predict"), "export": ("export", "export"), "bench": ("bench", "bench"),
+                "write_workdir": ("train", "write_weights_workdir")}  # --mode=convert's workdir output
 
 
 def engine_function(backend: str, mode: str):
@@ -113,9 +114,14 @@ def main(argv):
     if FLAGS.mode == "summary":
         print(json.dumps(summary(config, FLAGS.backend)))
         return
-    if FLAGS.mode == "convert":  # framework-free formats plus JAX workdirs: always through the JAX engine
+    if FLAGS.mode == "convert":  # framework-free; only a workdir output needs the --backend engine
+        from mobilenets_core.weights import convert
+
+        def write_workdir(*args):
+            return engine_function(FLAGS.backend, "write_workdir")(*args)
+
         try:
-            importlib.import_module("mobilenets_jax.convert").convert(config)
+            convert.convert(config, write_workdir)
         except (config_check.ConfigError, failures.RunError) as e:
             sys.exit(f"error: {e}")
         return

@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.convert = ml_collections.ConfigDict()
     config.convert.output = config_dict.placeholder(str)  # --mode=convert: where the converted weights go
-    config.convert.format = ""  # canonical | timm | mindspore | jax; "" = from the output's name
+    config.convert.format = ""  # canonical | timm | mindspore | workdir (of --backend); "" = from the output's name
 
     config.export = ml_collections.ConfigDict()
     config.export.format = "all"  # jax: tflite | saved_model | stablehlo | all; mindspore: mindir | onnx | air | all

@@ -11,8 +11,8 @@ import os
 
 from mobilenets_core import atomic_files
 from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD
+from mobilenets_core.weights import ModelInfo
 
-MODEL_FIELDS = ("name", "width", "groups", "num_classes", "bn_eps")
 FILE_NAME = "export.json"
 
 
@@ -36,10 +36,10 @@ def artefact(fmt: str, file_name: str, batch: int | None, image_size: int, num_c
 def describe(engine: str, workdir: str, meta: dict, model_config, checkpoint: dict, image_size: int,
              num_classes: int, artefacts: list) -> dict:
     """The export.json content. Model fields come from the checkpoint's meta, `model_config` fills the gaps."""
-    model = meta.get("model") or {}
+    model = meta.get("model") or {}  # a checkpoint's ModelInfo; older ones lack bn_eps
     return {
         "engine": engine,
-        "model": {k: model.get(k, model_config.get(k)) for k in MODEL_FIELDS},
+        "model": ModelInfo.from_dict(model, defaults=ModelInfo.from_config(model_config)).as_dict(),
         "checkpoint": checkpoint,
         "input": {"shape": [None, image_size, image_size, 3], "dtype": "float32", "layout": "NHWC", "color": "RGB",
                   "normalization": {"mean": NORMALIZE_MEAN.tolist(), "std": NORMALIZE_STD.tolist(),

@@ -30,6 +30,7 @@ from mobilenets_core import resume_checks, schedules
 from mobilenets_core.data import build_dataset
 from mobilenets_core.failures import NonFiniteLoss
 from mobilenets_core.preemption import StopOnSignal
+from mobilenets_core.weights import ModelInfo
 
 AHEAD = 2  # batches on the devices before the step that needs them
 INPUT_BOUND = 0.10  # the epoch line says so above this fraction of the epoch spent waiting for data
@@ -152,7 +153,7 @@ def datasets(config, engine: Engine):
 
 def checkpoint_meta(config, engine: Engine, train_ds, epoch: int) -> dict:
     """What a checkpoint says about itself: the network, the data it learned, its epoch."""
-    return {"model": {k: config.model[k] for k in ("name", "width", "groups", "num_classes", "bn_eps")},
+    return {"model": ModelInfo.from_config(config.model).as_dict(),
             "dataset": train_ds.name, "class_names": list(train_ds.class_names), "epoch": epoch,
             "image_size": int(config.dataset.image_size), "engine": engine.name}
 
@@ -221,7 +222,7 @@ class _Run:
         latest = engine.latest_step()
         if latest is not None:
             meta = engine.checkpoint_meta(latest)
-            resume_checks.check_same_model(engine.checkpoint_dir, latest, meta, resume_checks.model_fields(config))
+            resume_checks.check_same_model(engine.checkpoint_dir, latest, meta, ModelInfo.from_config(config.model))
             resume_checks.check_same_data(engine.checkpoint_dir, latest, meta, self.train_ds)
         step = engine.start(spe, latest, say)
         if latest is not None:

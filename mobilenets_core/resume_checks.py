@@ -3,24 +3,17 @@ the same network, and the same classes. Refused in one line, before anything is 
 from __future__ import annotations
 
 from mobilenets_core.config_check import ConfigError
-
-MODEL_KEYS = ("name", "width", "groups", "num_classes")  # what fixes the shapes of a network's tensors
-
-
-def model_fields(config) -> dict:
-    return {k: config.model[k] for k in MODEL_KEYS}
+from mobilenets_core.weights.identity import ModelInfo, differing, settings
 
 
-def check_same_model(directory: str, step: int, meta: dict, model: dict) -> None:
-    """ConfigError if the checkpoint's meta names another network than `model` (the config's model.*)."""
+def check_same_model(directory: str, step: int, meta: dict, model: ModelInfo) -> None:
+    """ConfigError if the checkpoint's meta names another network than `model` (the config's)."""
     saved = meta.get("model") or {}
-    differ = [k for k in MODEL_KEYS if k in saved and saved[k] != model.get(k)]
+    differ = differing(saved, model)
     if differ:
-        raise ConfigError(
-            f"{directory} holds checkpoints (newest step {step}) of "
-            + ", ".join(f"model.{k}={saved[k]!r}" for k in differ) + "; this config has "
-            + ", ".join(f"model.{k}={model.get(k)!r}" for k in differ)
-            + ": set the same values to resume or evaluate them, or use another --workdir")
+        raise ConfigError(f"{directory} holds checkpoints (newest step {step}) of {settings(saved, differ)}; this "
+                          f"config has {settings(model, differ)}: set the same values to resume or evaluate them, "
+                          f"or use another --workdir")
 
 
 def check_same_data(directory: str, step: int, meta: dict, train_ds) -> None:

@@ -22,6 +22,8 @@ import orbax.checkpoint as ocp
 from mobilenets_core import resume_checks
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.failures import CheckpointError, checkpoint_read_error, checkpoint_write_error
+from mobilenets_core.weights import ModelInfo, identity, workdirs
+from mobilenets_core.weights.tensors import compare
 
 # TrainState fields a checkpoint written before they existed may lack; they restore fresh.
 FRESH_IF_MISSING = ("loss_scale",)
@@ -33,13 +35,13 @@ def _path(key: tuple) -> str:
 
 class Checkpoints:
     def __init__(self, workdir: str, keep: int | None = None, *, read_only: bool = False):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = os.path.join(os.path.abspath(workdir), workdirs.JAX_DIRECTORY)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                                enable_async_checkpointing=not read_only, read_only=read_only,
                                                cleanup_tmp_directories=not read_only)
         # Handlers named up front, so that a read-only manager can read a checkpoint's tree metadata.
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=workdirs.orbax_item_handlers())
         self._pending = None  # step of the asynchronous save in flight
 
     def latest_step(self) -> int | None:
@@ -75,14 +77,14 @@ class Checkpoints:
     def _read_error(self, step, error: BaseException) -> CheckpointError:
         return checkpoint_read_error(self.directory, step, error, f"{self.directory}/{step}", self.complete_steps())
 
-    def check_model(self, step: int, model: dict, meta: dict | None = None) -> dict:
-        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's
-        model.* as a dict); returns the checkpoint's meta."""
+    def check_model(self, step: int, model: ModelInfo, meta: dict | None = None) -> dict:
+        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's);
+        returns the checkpoint's meta."""
         meta = self.meta(step) if meta is None else meta
         resume_checks.check_same_model(self.directory, step, meta, model)
         return meta
 
-    def restore(self, step: int, target, *, model: dict | None = None):
+    def restore(self, step: int, target, *, model: ModelInfo | None = None):
         """(state shaped and sharded like `target`, meta) of checkpoint `step`.
 
         `target` is a state or its abstract shapes (jax.ShapeDtypeStruct with shardings). With
@@ -120,17 +122,16 @@ class Checkpoints:
         wanted = ocp.tree.to_flat_dict(abstract)
         fresh = tuple(f for f in FRESH_IF_MISSING
                       if any(k[0] == f for k in wanted) and not any(k[0] == f for k in saved))
-        missing = [_path(k) for k in wanted if k not in saved and k[0] not in fresh]
-        unexpected = [_path(k) for k in saved if k not in wanted]
-        wrong = [f"{_path(k)}: {tuple(saved[k].shape)} saved, {tuple(wanted[k].shape)} wanted"
-                 for k in wanted if k in saved and tuple(saved[k].shape) != tuple(wanted[k].shape)]
-        if missing or unexpected or wrong:
+        mismatch = compare({_path(k): v for k, v in saved.items()},
+                           {_path(k): v.shape for k, v in wanted.items() if k[0] not in fresh})
+        missing, unexpected, wrong = mismatch.missing, mismatch.unexpected, mismatch.wrong
+        if mismatch:
             model = meta.get("model") or {}
             parts = [f"{len(items)} {what} (first: {items[0]})" for what, items in (
                 ("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if items]
             raise ConfigError(
                 f"checkpoint step {step} in {self.directory} ("
-                + " ".join(f"{k}={model[k]}" for k in resume_checks.MODEL_KEYS if k in model)
+                + " ".join(f"{k}={model[k]}" for k in identity.SHAPE_FIELDS if k in model)
                 + ") does not fit this config's training state: " + "; ".join(parts)
                 + ". It was written with other settings (model.*, optimizer.name, ema.decay, init.freeze): "
                   "use those to resume, or another --workdir")

@@ -23,8 +23,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mobilenets_core import loop, resume_checks, schedules
+from mobilenets_core import loop, schedules
 from mobilenets_core.config_check import ConfigError
+from mobilenets_core.weights import ModelInfo, flax_tree, reader
 from mobilenets_jax import models
 from mobilenets_jax.checkpoints import Checkpoints
 from mobilenets_jax.optimizers import LossScale, all_finite, build_optimizer, keep_opt_state_unless, keep_unless
@@ -166,20 +167,20 @@ class Trainer:
 
 
 def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
-    """(trainer, variables) starting from config.init.weights; the network takes the file's BatchNorm eps."""
-    from mobilenets_jax.weights import initial_variables
-
-    def fresh():  # only computed for a classifier that is re-initialised
+    """(trainer, variables) starting from config.init.weights: the file's tensors where they fit, fresh
+    ones for a classifier of another class count; the network takes the file's BatchNorm epsilon."""
+    bn_eps = config.model.bn_eps
+    _, fitted, reinit = reader.initial_weights(config, say)
+    arch = trainer.module.arch
+    if reinit:  # only then is the fresh network computed
         size = config.dataset.image_size
-        return jax.device_get(trainer.module.init(jax.random.PRNGKey(int(config.train.seed)),
-                                                  jnp.zeros((1, size, size, 3)), train=False))
-
-    variables, bn_eps = initial_variables(config, trainer.module, fresh, say)
-    if bn_eps != config.model.bn_eps:
-        say(f"model.bn_eps={config.model.bn_eps} -> {bn_eps}, the epsilon the imported weights were trained with")
-        config.model.bn_eps = bn_eps
+        fresh = trainer.module.init(jax.random.PRNGKey(int(config.train.seed)), jnp.zeros((1, size, size, 3)),
+                                    train=False)
+        fitted = {**fitted, **{n: v for n, v in flax_tree.to_canonical(jax.device_get(fresh), arch).items()
+                               if n in reinit}}
+    if config.model.bn_eps != bn_eps:
         trainer = Trainer(config, steps_per_epoch)
-    return trainer, variables
+    return trainer, flax_tree.from_canonical(fitted, arch)
 
 
 def _with_checkpoint_eps(config, trainer: Trainer, meta: dict, steps_per_epoch: int) -> Trainer:
@@ -298,11 +299,22 @@ def restore_for_inference(config, workdir: str):
             return trainer, trainer.init_state(int(config.train.seed), variables), None, {"epoch": None}
         trainer = Trainer(config, 1)
         state, meta = checkpoints.restore(int(step), trainer.abstract_state(int(config.train.seed)),
-                                          model=resume_checks.model_fields(config))
+                                          model=ModelInfo.from_config(config.model))
         return _with_checkpoint_eps(config.copy_and_resolve_references(), trainer, meta, 1), state, int(step), meta
     finally:
         checkpoints.close()
 
+
+
+def write_weights_workdir(config, out: str, state: dict, meta: dict) -> None:
+    """--mode=convert's hook: a workdir whose step-0 checkpoint holds `state` (evaluate it, or train on)."""
+    trainer = Trainer(config, 1)
+    checkpoints = Checkpoints(out, keep=int(config.checkpoint.keep))
+    try:
+        variables = flax_tree.from_canonical(state, trainer.module.arch)
+        checkpoints.save(0, trainer.init_state(int(config.train.seed), variables), {**meta, "engine": "jax"})
+    finally:
+        checkpoints.close()
 
 
 # main.py's train, eval and predict modes (see mobilenets_core.loop: train_and_evaluate, evaluate, predict)

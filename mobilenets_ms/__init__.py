@@ -1,4 +1,4 @@
-"""The MindSpore engine: models and weight conversion here; training (`train`), export and bench in their modules.
+"""The MindSpore engine: models and weight binding here; training (`train`), export and bench in their modules.
 
 Importing this package imports MindSpore and the framework-free core only, never JAX or TensorFlow.
 """
@@ -10,34 +10,28 @@ import os
 # keep errors only unless the user asked for more (GLOG_v=1 or 2).
 os.environ.setdefault("GLOG_v", "3")
 
-from mobilenets_core import weights as canonical  # noqa: E402
+from mobilenets_core.weights import ModelInfo, canonical, identity, reader  # noqa: E402
 from mobilenets_ms import models  # noqa: E402
 from mobilenets_ms.weights import load_canonical, to_canonical  # noqa: E402
 
 models.prime_numpy_bridge()  # once per process, before any MindSpore op runs
 
-_IDENTITY_FIELDS = ("name", "width", "groups", "num_classes")
-
 
 def load_model(config, weights: str | None = None):
-    """The network for `config.model`, in eval mode (`set_train(False)`).
+    """The network for `config.model`, in eval mode (`set_train(False)`), with weights from any file
+    `init.weights` takes (canonical or timm .safetensors, timm .pth, MindSpore .ckpt, a JAX or
+    MindSpore workdir).
 
     Without weights the parameters are freshly initialised from `config.train.seed`. With weights
-    (a canonical .safetensors file) the file must describe the same model as the config, and the
-    network uses the file's BatchNorm epsilon (weights are evaluated the way they were trained)."""
+    the file must hold the config's network (class count included), and the network uses the
+    file's BatchNorm epsilon (weights are evaluated the way they were trained)."""
     seed = int(config.train.seed)
     if weights is None:
         net = models.build_network(config.model, seed=seed)
     else:
-        state, info = canonical.load(weights)
-        expected = canonical.ModelInfo.from_config(config.model)
-        differing = [f"{field}: file has {getattr(info, field)!r}, config has {getattr(expected, field)!r}"
-                     for field in _IDENTITY_FIELDS if getattr(info, field) != getattr(expected, field)]
-        if differing:
-            raise ValueError(f"{weights} holds a different model than the config ({'; '.join(differing)}); "
-                             f"set --config.model.* to match the file")
-        net = models.build_network(config.model, bn_eps=info.bn_eps, seed=seed)
-        load_canonical(net, state)
+        file = reader.model_weights(weights, ModelInfo.from_config(config.model))
+        net = models.build_network(config.model, bn_eps=file.info.bn_eps, seed=seed)
+        load_canonical(net, file.state)
     net.set_train(False)
     return net
 
@@ -48,15 +42,12 @@ def count_parameters(config) -> int:
     return int(sum(p.size for p in net.trainable_params()))
 
 
-def save_canonical(net, info: canonical.ModelInfo, path: str) -> None:
-    """Write `net` as a canonical .safetensors file described by `info` (a ModelInfo)."""
-    arch = net.arch
-    differing = [field for field, value in (("name", arch.name), ("width", arch.width), ("groups", arch.groups),
-                                            ("num_classes", arch.head.num_classes))
-                 if getattr(info, field) != value]
-    if differing:
-        raise ValueError("ModelInfo does not describe this network: "
-                         + "; ".join(f"{f}: info has {getattr(info, f)!r}" for f in differing))
+def save_canonical(net, info: ModelInfo, path: str) -> None:
+    """Write `net` as a canonical .safetensors file described by `info`, which must name its network."""
+    differ = identity.differing(info, ModelInfo.of_architecture(net.arch, info.bn_eps))
+    if differ:
+        raise ValueError(f"ModelInfo does not describe this network: it has {identity.settings(info, differ)}, "
+                         f"the network {identity.settings(ModelInfo.of_architecture(net.arch, 0.0), differ)}")
     canonical.save(path, to_canonical(net), info)
 
 

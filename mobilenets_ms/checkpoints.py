@@ -27,15 +27,15 @@ import numpy as np
 
 from mobilenets_core import resume_checks
 from mobilenets_core.failures import CheckpointError, checkpoint_read_error, checkpoint_write_error
+from mobilenets_core.weights import ModelInfo, workdirs
 
-_NAME = re.compile(r"^ckpt_(\d+)\.ckpt$")
 _META = re.compile(r"^ckpt_(\d+)\.json$")
 _TEMPORARY = ".tmp-"  # prefix of what a save writes before its renames
 
 
 class Checkpoints:
     def __init__(self, workdir: str, keep: int | None = None, *, read_only: bool = False):
-        self.directory = os.path.join(os.path.abspath(workdir), "ms_checkpoints")
+        self.directory = os.path.join(os.path.abspath(workdir), workdirs.MS_DIRECTORY)
         self.keep = keep
         if not read_only:
             os.makedirs(self.directory, exist_ok=True)
@@ -47,9 +47,7 @@ class Checkpoints:
         return os.path.join(self.directory, f"ckpt_{int(step)}.json")
 
     def all_steps(self) -> list:
-        if not os.path.isdir(self.directory):
-            return []
-        return sorted(int(m.group(1)) for m in map(_NAME.match, os.listdir(self.directory)) if m)
+        return workdirs.ms_steps(self.directory)
 
     def latest_step(self) -> int | None:
         steps = self.all_steps()
@@ -126,9 +124,9 @@ class Checkpoints:
             raise self._read_error(step, e) from e
         return meta
 
-    def check_model(self, step: int, model: dict, meta: dict | None = None) -> dict:
-        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's
-        model.* as a dict), by its meta; returns the meta."""
+    def check_model(self, step: int, model: ModelInfo, meta: dict | None = None) -> dict:
+        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's),
+        by its meta; returns the meta."""
         meta = self.meta(step) if meta is None else meta
         resume_checks.check_same_model(self.directory, step, meta, model)
         return meta

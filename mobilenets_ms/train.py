@@ -19,15 +19,20 @@ import mindspore as ms
 import numpy as np
 from mindspore import ParameterTuple, Tensor, nn, ops
 
-from mobilenets_core import loop, resume_checks, schedules, specs
+from mobilenets_core import loop, schedules
 from mobilenets_core.config_check import ConfigError
+from mobilenets_core.weights import ModelInfo, reader
+from mobilenets_core.weights.mindspore_ckpt import BN_EPS_TENSOR
+from mobilenets_core.weights.tensors import MINDSPORE_BATCHNORM, compare
 from mobilenets_ms import mixed_precision, models
 from mobilenets_ms.checkpoints import Checkpoints
 from mobilenets_ms.optimizers import build_optimizer
+from mobilenets_ms.weights import load_canonical
 
 DEVICES = ("Ascend", "GPU", "CPU")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 _context = {}  # what this process has set up: device, mode, distributed group
+BATCHNORM_STATISTICS = (MINDSPORE_BATCHNORM["mean"], MINDSPORE_BATCHNORM["var"])
 
 
 def _field(config, section: str, key: str, default):
@@ -169,7 +174,7 @@ class TrainStep(nn.Cell):
         # BatchNorm updates its running statistics inside the forward pass; a skipped (non-finite)
         # step must not leave NaN in them, so they are restored from this copy.
         self.statistics = ParameterTuple([p for p in net.get_parameters() if not p.requires_grad
-                                          and p.name.endswith(("moving_mean", "moving_variance"))])
+                                          and p.name.endswith(BATCHNORM_STATISTICS)])
         self.statistics_before = self.statistics.clone(prefix="statistics_before", init="same")
 
     def construct(self, images, labels, step):
@@ -267,11 +272,7 @@ class Trainer:
 
     def load_weights(self, state: dict) -> None:
         """Canonical tensors (a subset is fine: a re-initialised classifier is left out) into the network."""
-        from mobilenets_ms.weights import canonical_parameters
-
-        params = canonical_parameters(self.net)
-        for name, value in state.items():
-            params[name].set_data(Tensor(np.ascontiguousarray(value, np.float32)))
+        load_canonical(self.net, state, partial=True)
         if self.ema_decay > 0:  # the average starts at the loaded weights, not the random ones
             for param, ema in zip(self.optimizer.params, self.train_step.ema):
                 ema.set_data(Tensor(param.asnumpy().copy()))
@@ -288,7 +289,7 @@ class Trainer:
             tensors[p.name] = p
         tensors["step"] = Tensor(np.asarray(self.step, np.int64))
         # Lets init.weights / --mode=convert read this file as a network checkpoint with the right eps.
-        tensors["mobilenets.bn_eps"] = Tensor(np.asarray([self.net.bn_eps], np.float32))
+        tensors[BN_EPS_TENSOR] = Tensor(np.asarray([self.net.bn_eps], np.float32))
         return tensors
 
     def load_state(self, tensors: dict, network_only: bool = False, source: str = "the checkpoint") -> None:
@@ -296,13 +297,12 @@ class Trainer:
 
         network_only: the network (and its EMA) without the optimizer and loss-scale state, for
         eval, predict and export, which then work whatever optimizer the config names."""
-        targets = {name: p for name, p in self.state_tensors().items() if name not in ("step", "mobilenets.bn_eps")}
+        targets = {name: p for name, p in self.state_tensors().items() if name not in ("step", BN_EPS_TENSOR)}
         if network_only:
             network = {p.name for p in self.net.get_parameters()}
             targets = {n: p for n, p in targets.items() if n in network or n.startswith("ema.")}
-        missing = [n for n in list(targets) + ["step"] if n not in tensors]
-        wrong = [f"{n}: {tuple(tensors[n].shape)} != {tuple(p.shape)}" for n, p in targets.items()
-                 if n in tensors and tuple(tensors[n].shape) != tuple(p.shape)]
+        mismatch = compare(tensors, {n: p.shape for n, p in targets.items()})  # what else it holds is not read
+        missing, wrong = mismatch.missing + (["step"] if "step" not in tensors else []), mismatch.wrong
         if missing or wrong:
             model = self.config.model
             raise ConfigError(f"{source} does not fit {model.name} width={model.width} groups={model.groups} "
@@ -399,25 +399,6 @@ def freeze_backbone(net) -> None:
             param.requires_grad = False
 
 
-def read_initial_weights(config, say) -> dict:
-    """config.init.weights (canonical / timm .safetensors, timm .pth, MindSpore .ckpt) as canonical
-    tensors fitted to config.model; a classifier of another class count is left out (re-initialised)
-    and config.model.bn_eps becomes the epsilon the weights were trained with."""
-    from mobilenets_core import weight_files
-
-    arch = specs.architecture_from_config(config.model)
-    state, bn_eps, kind = weight_files.read(config.init.weights, arch)
-    fitted, reinit = weight_files.fit(state, arch, f"init.weights={config.init.weights}")
-    if bn_eps != config.model.bn_eps:
-        say(f"model.bn_eps={config.model.bn_eps} -> {bn_eps}, the epsilon the imported weights were trained with")
-        config.model.bn_eps = bn_eps
-    say(f"initialised from {kind} {config.init.weights} ({len(fitted)} tensors)"
-        + (f"; classifier re-initialised for {arch.head.num_classes} classes "
-           f"(the file has {state['classifier.weight'].shape[0] if 'classifier.weight' in state else 'none'})"
-           if reinit else ""))
-    return fitted
-
-
 class MsEngine(loop.EngineCheckpoints):
     """The MindSpore side of `mobilenets_core.loop.Engine`: a Trainer (compiled Cells) and .ckpt files."""
 
@@ -440,7 +421,7 @@ class MsEngine(loop.EngineCheckpoints):
 
     def start(self, steps_per_epoch: int, step, say) -> int:
         config = self.config
-        initial = read_initial_weights(config, say) if step is None and config.init.weights else None
+        initial = reader.initial_weights(config, say)[1] if step is None and config.init.weights else None
         if step is not None:
             tensors, meta = self.checkpoints.restore(step)
             bn_eps = (meta.get("model") or {}).get("bn_eps")
@@ -529,11 +510,11 @@ def restore_trainer(config, workdir: str, step: int | None = None):
                           f"available steps: {checkpoints.all_steps()}")
     if step is None:
         config = config.copy_and_resolve_references()
-        initial = read_initial_weights(config, print if context["rank"] == 0 else (lambda *a: None))
+        initial = reader.initial_weights(config, print if context["rank"] == 0 else (lambda *a: None))[1]
         trainer = Trainer(config, 1, context=context)
         trainer.load_weights(initial)
         return trainer, None, {"epoch": None, "weights": config.init.weights}
-    checkpoints.check_model(int(step), resume_checks.model_fields(config))
+    checkpoints.check_model(int(step), ModelInfo.from_config(config.model))
     tensors, meta = checkpoints.restore(int(step))
     bn_eps = (meta.get("model") or {}).get("bn_eps")
     if bn_eps is not None and bn_eps != config.model.bn_eps:
@@ -543,6 +524,13 @@ def restore_trainer(config, workdir: str, step: int | None = None):
     trainer.load_state(tensors, network_only=True, source=f"checkpoint step {step} in {checkpoints.directory}")
     return trainer, int(step), meta
 
+
+
+def write_weights_workdir(config, out: str, state: dict, meta: dict) -> None:
+    """--mode=convert's hook: a workdir whose step-0 checkpoint holds `state` (evaluate it, or train on)."""
+    trainer = Trainer(config, 1)
+    trainer.load_weights(state)
+    Checkpoints(out, keep=int(config.checkpoint.keep)).save(0, trainer.state_tensors(), {**meta, "engine": "mindspore"})
 
 
 # main.py's train, eval and predict modes (see mobilenets_core.loop: train_and_evaluate, evaluate, predict)

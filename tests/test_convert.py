@@ -5,7 +5,9 @@ import sys
 
 import numpy as np
 
-from mobilenets_core import mindspore_ckpt, specs, timm_format, weights
+from mobilenets_core import specs, weights
+from mobilenets_core.weights import mindspore_ckpt
+from mobilenets_core.weights import timm as timm_format
 from tests import timm_reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

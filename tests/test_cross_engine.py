@@ -13,9 +13,9 @@ import pytest
 from configs import mnv1, mnv3_large, mnv3_small, mnv3_transfer, shufflenet_v1
 from mobilenets_core import schedules, specs
 from mobilenets_core import weights as canonical
+from mobilenets_core.weights import flax_tree as jax_weights
 from mobilenets_jax import optimizers as jax_optimizers
 from mobilenets_jax import train as jax_train
-from mobilenets_jax import weights as jax_weights
 from mobilenets_ms import models as ms_models
 from mobilenets_ms import optimizers as ms_optimizers
 from mobilenets_ms import train as ms_train
@@ -154,7 +154,7 @@ def test_mindspore_checkpoint_evaluates_the_same_in_jax(trained):
 def test_jax_checkpoint_evaluates_the_same_in_mindspore(trained, tmp_path):
     config, runs = trained
     workdir, jax_result = runs["jax"]
-    from mobilenets_jax import convert
+    from mobilenets_core.weights import convert
 
     config = config.copy_and_resolve_references()
     config.init.weights = workdir

@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 import mobilenets_jax
-from mobilenets_core import mindspore_ckpt, specs, timm_format, weights
+from mobilenets_core import specs, weights
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
+from mobilenets_core.weights import mindspore_ckpt, workdirs
+from mobilenets_core.weights import timm as timm_format
 from mobilenets_jax import train
 from tests.helpers import random_canonical_state, tiny_train_config
 
@@ -87,7 +89,7 @@ def test_frozen_backbone_does_not_move(tmp_path):
 def test_jax_workdir_as_initial_weights(tmp_path):
     config = tiny_train_config(**{"train.epochs": 1, "train.batch_size": 128})
     result = train.train_and_evaluate(config, str(tmp_path / "first"))
-    trained, _ = mobilenets_jax.weights.read_workdir(str(tmp_path / "first"))
+    trained, _, _ = workdirs.read(str(tmp_path / "first"))
     config = tiny_train_config(**{"init.weights": str(tmp_path / "first")})
     trainer, state, messages = start(config)
     loaded = canonical_of(state, trainer)

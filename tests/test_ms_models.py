@@ -191,7 +191,7 @@ def test_load_model_rejects_a_file_for_another_model(tmp_path, field, value):
     path = str(tmp_path / "g3.safetensors")
     mobilenets_ms.save_canonical(net, canonical.ModelInfo.from_config(config.model), path)
     setattr(config.model, field, value)
-    with pytest.raises(ValueError, match=rf"{field}: file has"):
+    with pytest.raises(ValueError, match=rf"^weights='{path}' holds model\.{field}=.*; this config has model\.{field}={value}"):
         mobilenets_ms.load_model(config, weights=path)
 
 
@@ -199,5 +199,6 @@ def test_load_model_rejects_a_file_for_another_family(tmp_path):
     v1 = smallest("mobilenet_v1", None)
     path = str(tmp_path / "v1.safetensors")
     mobilenets_ms.save_canonical(mobilenets_ms.load_model(v1), canonical.ModelInfo.from_config(v1.model), path)
-    with pytest.raises(ValueError, match=r"name: file has 'mobilenet_v1'"):
+    with pytest.raises(ValueError, match=r"holds model\.name='mobilenet_v1', model\.width=0\.25 \(by its metadata\); "
+                                         r"this config has model\.name='mobilenet_v3_small', model\.width=0\.5: "):
         mobilenets_ms.load_model(smallest("mobilenet_v3_small", None), weights=path)

@@ -29,12 +29,13 @@ import pytest
 from PIL import Image
 
 from mobilenets_core import metrics as metrics_lib
-from mobilenets_core import mindspore_ckpt, resume_checks, specs, weight_files, weights
+from mobilenets_core import specs, weights
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset, preprocess
 from mobilenets_core.data.dataset import Dataset
 from mobilenets_core.failures import CheckpointError, NonFiniteLoss
 from mobilenets_core.preemption import StopOnSignal
+from mobilenets_core.weights import ModelInfo, mindspore_ckpt, reader
 from mobilenets_jax import train
 from mobilenets_jax.checkpoints import Checkpoints
 from mobilenets_ms import checkpoints as ms_checkpoints
@@ -564,7 +565,8 @@ def test_a_damaged_checkpoint_is_named_with_the_step_to_fall_back_to(data, refer
 
 
 def test_weight_files_that_do_not_fit_or_are_not_weights_are_named(tmp_path):
-    arch = specs.build_architecture("mobilenet_v1", 0.25, None, 4)
+    wanted = ModelInfo("mobilenet_v1", 0.25, None, 4, 1e-5)
+    arch = wanted.architecture()
     other = specs.build_architecture("mobilenet_v3_small", 0.5, None, 4)
     weights.save(str(tmp_path / "v3.safetensors"), random_canonical_state(other),
                  weights.ModelInfo("mobilenet_v3_small", 0.5, None, 4, 1e-5))
@@ -572,7 +574,7 @@ def test_weight_files_that_do_not_fit_or_are_not_weights_are_named(tmp_path):
                                           r"metadata\); this config has model.name='mobilenet_v1', "
                                           r"model.width=0.25: set those to the file's values, or use weights of "
                                           r"this network\n"):
-        weight_files.read(str(tmp_path / "v3.safetensors"), arch)
+        reader.read(str(tmp_path / "v3.safetensors"), wanted)
     good = random_canonical_state(arch)
     weights.save(str(tmp_path / "v1.safetensors"), good, weights.ModelInfo("mobilenet_v1", 0.25, None, 4, 1e-5))
     whole = (tmp_path / "v1.safetensors").read_bytes()
@@ -592,9 +594,9 @@ def test_weight_files_that_do_not_fit_or_are_not_weights_are_named(tmp_path):
     for name, message in cases.items():
         with pytest.raises(ConfigError, match=rf"^init.weights='{tmp_path}/{name}'.* {message}|^init.weights="
                                               rf"'{tmp_path}/{name}'.*{message}"):
-            weight_files.read(str(tmp_path / name), arch)
-    state, _, kind = weight_files.read(str(tmp_path / "v1.ckpt"), arch)  # the whole file still reads
-    assert kind == "MindSpore checkpoint" and sorted(state) == sorted(good)
+            reader.read(str(tmp_path / name), wanted)
+    file = reader.read(str(tmp_path / "v1.ckpt"), wanted)  # the whole file still reads
+    assert file.kind == "MindSpore checkpoint" and sorted(file.state) == sorted(good)
 
 
 def test_initial_weights_of_another_width_stop_before_anything_is_written(data, reference, tmp_path):
@@ -664,9 +666,9 @@ def test_a_checkpoint_written_before_loss_scaling_existed_still_resumes(data, tm
     old = {name: jax.tree_util.tree_map(fill, getattr(abstract, name))
            for name in ("step", "params", "batch_stats", "opt_state", "ema_params", "rng")}  # no loss_scale
     checkpoints = Checkpoints(str(tmp_path))
-    checkpoints.save(3, old, {"model": resume_checks.model_fields(config), "epoch": 1})
+    checkpoints.save(3, old, {"model": ModelInfo.from_config(config.model).as_dict(), "epoch": 1})
     checkpoints.close()
-    state, meta = Checkpoints(str(tmp_path), read_only=True).restore(3, abstract, model=resume_checks.model_fields(config))
+    state, meta = Checkpoints(str(tmp_path), read_only=True).restore(3, abstract, model=ModelInfo.from_config(config.model))
     assert int(state.step) == 3 and meta["epoch"] == 1
     assert {float(v) for leaf in jax.tree_util.tree_leaves(state.params) for v in np.ravel(leaf)} == {0.5}
     assert float(state.loss_scale["scale"]) == 128.0 and int(state.loss_scale["overflow_steps"]) == 0

@@ -1,4 +1,4 @@
-"""timm state dicts <-> canonical weights (a spoke of the hub in mobilenets_core.weights).
+"""timm state dicts <-> canonical weights (a spoke of the canonical hub).
 
 Covers timm's `mobilenetv1_*` and `mobilenetv3_{small,large}_*` (EfficientNet-builder models,
 symmetric padding, BatchNorm eps 1e-5). timm groups blocks into stages, `blocks.<stage>.<i>`;
@@ -12,9 +12,9 @@ import os
 import numpy as np
 
 from mobilenets_core import specs
+from mobilenets_core.weights.tensors import TIMM_BATCHNORM, check, expected_shapes
 
 TIMM_BN_EPS = 1e-5
-_BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 # Part of a block -> (timm conv name, timm BatchNorm name).
 _DS_PARTS = {"dw": ("conv_dw", "bn1"), "pw": ("conv_pw", "bn2")}
 _IR_PARTS = {"expand": ("conv_pw", "bn1"), "dw": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3")}
@@ -55,30 +55,18 @@ def name_map(arch: specs.Architecture) -> dict:
         else:
             layer, kind = head.rsplit(".", 1)  # kind: conv | bn
             conv_key, bn_key = prefixes[layer]
-            mapping[name] = f"{conv_key}.weight" if kind == "conv" else f"{bn_key}.{_BN[leaf]}"
+            mapping[name] = f"{conv_key}.weight" if kind == "conv" else f"{bn_key}.{TIMM_BATCHNORM[leaf]}"
     return mapping
 
 
 def from_timm(timm_state: dict, arch: specs.Architecture) -> dict:
     """timm state dict (name -> array) -> canonical state; ValueError lists what does not fit."""
-    from mobilenets_core.weights import check_state
-
     mapping = name_map(arch)
-    state, missing = {}, []
-    for name, key in mapping.items():
-        if key in timm_state:
-            state[name] = np.asarray(timm_state[key], dtype=np.float32)
-        else:
-            missing.append(key)
-    used = set(mapping.values())
-    unexpected = [k for k in timm_state if k not in used and not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(f"timm weights do not fit {arch.name} width={arch.width} "
-                         f"num_classes={arch.head.num_classes}: missing {missing[:8]}"
-                         f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-                         f"{' ...' if len(unexpected) > 8 else ''}")
-    check_state(state, arch, source="timm weights")
-    return state
+    shapes = expected_shapes(arch)
+    found = {k: v for k, v in timm_state.items() if not k.endswith("num_batches_tracked")}
+    check(found, {key: shapes[name] for name, key in mapping.items()},
+          f"timm weights do not fit {arch.name} width={arch.width} num_classes={arch.head.num_classes}:")
+    return {name: np.asarray(timm_state[key], dtype=np.float32) for name, key in mapping.items()}
 
 
 def to_timm(state: dict, arch: specs.Architecture) -> dict:
@@ -91,9 +79,9 @@ def read_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file {path} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        from mobilenets_core.weights.canonical import read_safetensors
 
-        return load_file(path)
+        return read_safetensors(path)[0]
     if path.endswith((".pth", ".pt", ".bin")):
         try:
             import torch

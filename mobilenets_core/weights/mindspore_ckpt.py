@@ -4,9 +4,10 @@
     message Value      { string tag = 1; TensorProto tensor = 2; }
     message TensorProto { repeated int64 dims = 1; string tensor_type = 2; bytes tensor_content = 3; }
 
-This lets either engine, and the converter, read and write MindSpore checkpoints; the names
-inside are MindSpore parameter names (for our networks: canonical names with BatchNorm's
-gamma / beta / moving_mean / moving_variance, see `to_canonical`).
+This lets either engine, and the converter, read and write MindSpore checkpoints (a spoke of
+the canonical hub). The names inside are MindSpore parameter names: for our networks, the
+canonical names with BatchNorm's gamma / beta / moving_mean / moving_variance (`canonical_name`),
+plus `mobilenets.bn_eps`, the BatchNorm epsilon the weights were trained with.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import os
 import numpy as np
 
 from mobilenets_core import atomic_files
+from mobilenets_core.weights.tensors import MINDSPORE_BATCHNORM
 
 _DTYPES = {"Float32": np.float32, "Float16": np.float16, "Float64": np.float64, "Int8": np.int8, "Int16": np.int16,
            "Int32": np.int32, "Int64": np.int64, "UInt8": np.uint8, "Bool": np.bool_}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
-# MindSpore BatchNorm parameter -> canonical BatchNorm leaf
-BN_NAMES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
+BN_EPS_TENSOR = "mobilenets.bn_eps"  # lets a reader evaluate the weights with the epsilon they were trained with
+DEFAULT_BN_EPS = 1e-5  # MindSpore's, for a checkpoint written without BN_EPS_TENSOR
+_CANONICAL_LEAF = {ms_name: leaf for leaf, ms_name in MINDSPORE_BATCHNORM.items()}
 
 
 def _varint(data: bytes, pos: int):
@@ -127,23 +130,36 @@ def write(path: str, tensors: dict) -> None:
     atomic_files.write_bytes(path, bytes(body))
 
 
+def canonical_name(parameter: str) -> str:
+    """MindSpore parameter name -> canonical tensor name (BatchNorm leaves renamed, all else kept)."""
+    head, _, leaf = parameter.rpartition(".")
+    if (head.endswith(".bn") or head == "bn") and leaf in _CANONICAL_LEAF:
+        return f"{head}.{_CANONICAL_LEAF[leaf]}"
+    return parameter
+
+
+def mindspore_name(name: str) -> str:
+    """Canonical tensor name -> MindSpore parameter name."""
+    head, _, leaf = name.rpartition(".")
+    return f"{head}.{MINDSPORE_BATCHNORM[leaf]}" if head.endswith(".bn") else name
+
+
 def to_canonical(tensors: dict, canonical_names) -> dict:
     """The canonical tensors among MindSpore parameters (optimizer state and the like are left out)."""
     wanted = set(canonical_names)
-    state = {}
-    for name, value in tensors.items():
-        head, _, leaf = name.rpartition(".")
-        canonical = f"{head}.{BN_NAMES[leaf]}" if head.endswith(".bn") and leaf in BN_NAMES else name
-        if canonical in wanted:
-            state[canonical] = np.asarray(value, dtype=np.float32)
-    return state
+    return {canonical_name(name): np.asarray(value, dtype=np.float32) for name, value in tensors.items()
+            if canonical_name(name) in wanted}
 
 
-def from_canonical(state: dict) -> dict:
-    """Canonical tensors -> MindSpore parameter names."""
-    reverse = {v: k for k, v in BN_NAMES.items()}
-    out = {}
-    for name, value in state.items():
-        head, _, leaf = name.rpartition(".")
-        out[f"{head}.{reverse[leaf]}" if head.endswith(".bn") else name] = np.asarray(value, np.float32)
+def trained_bn_eps(tensors: dict) -> float:
+    """The BatchNorm epsilon recorded in a checkpoint (MindSpore's default when none is)."""
+    value = tensors.get(BN_EPS_TENSOR)
+    return float(np.asarray(value).reshape(-1)[0]) if value is not None else DEFAULT_BN_EPS
+
+
+def from_canonical(state: dict, bn_eps: float | None = None) -> dict:
+    """Canonical tensors (and the epsilon they were trained with) -> MindSpore parameter names."""
+    out = {mindspore_name(name): np.asarray(value, np.float32) for name, value in state.items()}
+    if bn_eps is not None:
+        out[BN_EPS_TENSOR] = np.array([bn_eps], np.float32)
     return out

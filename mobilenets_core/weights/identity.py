@@ -1,0 +1,67 @@
+"""ModelInfo: the one answer to "is this the same network?", for weight files, checkpoints and exports.
+
+A network is fixed by its family, width, groups and class count (`SHAPE_FIELDS`: they fix every
+tensor's name and shape); its weights also carry the BatchNorm epsilon they were trained with.
+Canonical files hold a ModelInfo in their metadata, checkpoints in their meta's "model", and
+export.json as "model"; resume checks, `load_model` and `init.weights` compare against it here.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from mobilenets_core import specs
+
+SHAPE_FIELDS = ("name", "width", "groups", "num_classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """The network a set of weights belongs to, and the BatchNorm epsilon they were trained with."""
+
+    name: str
+    width: float
+    groups: int | None
+    num_classes: int
+    bn_eps: float
+
+    def architecture(self) -> specs.Architecture:
+        return specs.build_architecture(self.name, self.width, self.groups, self.num_classes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> ModelInfo:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, model_cfg) -> ModelInfo:
+        groups = model_cfg.get("groups")
+        return cls(model_cfg.name, float(model_cfg.width), None if groups is None else int(groups),
+                   int(model_cfg.num_classes), float(model_cfg.bn_eps))
+
+    @classmethod
+    def from_dict(cls, fields: dict, defaults: ModelInfo | None = None) -> ModelInfo:
+        """From a checkpoint meta's or a file's "model"; `defaults` fills the fields an older one lacks."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        base = defaults.as_dict() if defaults is not None else {}
+        return cls(**{**base, **{k: v for k, v in fields.items() if k in known}})
+
+    @classmethod
+    def of_architecture(cls, arch: specs.Architecture, bn_eps: float) -> ModelInfo:
+        return cls(arch.name, arch.width, arch.groups, arch.head.num_classes, float(bn_eps))
+
+
+def differing(saved: dict | ModelInfo, wanted: dict | ModelInfo, fields=SHAPE_FIELDS) -> list:
+    """The `fields` in which two networks differ; a field `saved` does not record is not compared."""
+    saved, wanted = _fields(saved), _fields(wanted)
+    return [k for k in fields if k in saved and saved[k] != wanted.get(k)]
+
+
+def settings(values: dict | ModelInfo, fields) -> str:
+    """The config settings that name `fields` of a network: "model.width=0.25, model.num_classes=4"."""
+    values = _fields(values)
+    return ", ".join(f"model.{k}={values.get(k)!r}" for k in fields)
+
+
+def _fields(values: dict | ModelInfo) -> dict:
+    return values.as_dict() if isinstance(values, ModelInfo) else dict(values)
