@@ -27,6 +27,13 @@ def class_names(workdir: str, meta: dict) -> list | None:
     return None
 
 
+def weights_source(config, step: int | None, checkpoint_path: str) -> dict:
+    """export.json's "checkpoint": the checkpoint exported, or config.init.weights where the workdir had none."""
+    if step is None:
+        return {"path": os.path.abspath(config.init.weights), "step": None, "weights": "init.weights"}
+    return {"path": checkpoint_path, "step": step, "weights": "ema" if config.ema.decay > 0 else "params"}
+
+
 def artefact(fmt: str, file_name: str, batch: int | None, image_size: int, num_classes: int, **extra) -> dict:
     """One entry of "artefacts": float32 NHWC images in, float32 logits out; `batch=None` is any batch."""
     return {"format": fmt, "path": file_name, "input_shape": [batch, image_size, image_size, 3],
@@ -36,10 +43,9 @@ def artefact(fmt: str, file_name: str, batch: int | None, image_size: int, num_c
 def describe(engine: str, workdir: str, meta: dict, model_config, checkpoint: dict, image_size: int,
              num_classes: int, artefacts: list) -> dict:
     """The export.json content. Model fields come from the checkpoint's meta, `model_config` fills the gaps."""
-    model = meta.get("model") or {}  # a checkpoint's ModelInfo; older ones lack bn_eps
     return {
         "engine": engine,
-        "model": ModelInfo.from_dict(model, defaults=ModelInfo.from_config(model_config)).as_dict(),
+        "model": ModelInfo.of_checkpoint(meta, model_config).as_dict(),
         "checkpoint": checkpoint,
         "input": {"shape": [None, image_size, image_size, 3], "dtype": "float32", "layout": "NHWC", "color": "RGB",
                   "normalization": {"mean": NORMALIZE_MEAN.tolist(), "std": NORMALIZE_STD.tolist(),

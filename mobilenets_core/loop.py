@@ -27,8 +27,10 @@ import numpy as np
 
 from mobilenets_core import metrics as metrics_lib
 from mobilenets_core import resume_checks, schedules
+from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
 from mobilenets_core.failures import NonFiniteLoss
+from mobilenets_core.loss_scale import LossScaleRule
 from mobilenets_core.preemption import StopOnSignal
 from mobilenets_core.weights import ModelInfo
 
@@ -47,8 +49,6 @@ class Engine(Protocol):
     process_index: int  # this process, of process_count; process 0 writes metrics and messages
     process_count: int
     checkpoint_dir: str
-    dynamic_loss_scale: bool  # a non-finite step is skipped and counted rather than ending the run
-    shows_overflows: bool  # the epoch line counts overflow steps (any scale but a fixed 1)
 
     def latest_step(self) -> int | None: ...
     def checkpoint_meta(self, step: int) -> dict: ...
@@ -81,9 +81,9 @@ class Engine(Protocol):
     def eval_sums(self, dataset) -> dict:
         """Sums of loss, top1, top5 and count over every example of `dataset` (host floats)."""
 
-    def load_for_inference(self) -> tuple:
-        """(step or None, meta) of what eval / predict use: eval.checkpoint, else the newest
-        checkpoint, else config.init.weights (step None)."""
+    def load_for_inference(self, step: int | None) -> dict:
+        """Load checkpoint `step` (its network and EMA only: any optimizer does) for eval, predict and
+        export, or for step None config.init.weights; returns the checkpoint's meta."""
 
     def logits_fn(self) -> Callable[[np.ndarray], np.ndarray]: ...
 
@@ -209,6 +209,7 @@ class _Run:
         self.say = print if self.lead else (lambda *a, **k: None)
         self.batch = int(config.train.batch_size)
         self.log_every = int(config.train.log_every_steps)
+        self.loss_scale = LossScaleRule.from_config(config)  # the engines' compiled steps apply it
 
     def train(self) -> dict | None:
         config, engine, say = self.config, self.engine, self.say
@@ -224,6 +225,7 @@ class _Run:
             meta = engine.checkpoint_meta(latest)
             resume_checks.check_same_model(engine.checkpoint_dir, latest, meta, ModelInfo.from_config(config.model))
             resume_checks.check_same_data(engine.checkpoint_dir, latest, meta, self.train_ds)
+            config.model.bn_eps = ModelInfo.of_checkpoint(meta, config.model).bn_eps  # imported weights' epsilon
         step = engine.start(spe, latest, say)
         if latest is not None:
             say(f"resumed from {engine.checkpoint_name(latest)} (step {latest}, epoch {meta.get('epoch')})")
@@ -315,7 +317,7 @@ class _Run:
     def _check_finite(self, rows: list, window_start: int, epoch: int, bar) -> None:
         """Without a dynamic loss scale a non-finite step ends the run: it was not applied, nor was any
         step after it; a save in flight is finished, nothing later is saved, the message names it."""
-        if self.engine.dynamic_loss_scale or all(row["finite"] for row in rows):
+        if self.loss_scale.dynamic or all(row["finite"] for row in rows):
             return
         index = next(i for i, row in enumerate(rows) if not row["finite"])
         bar.close()
@@ -339,7 +341,7 @@ class _Run:
     def _epoch_line(self, epoch: int, window: _Window) -> None:
         seconds = window.watch.lap()
         line = metrics_lib.epoch_line(epoch + 1, seconds, window.steps, window.means()["loss"])
-        if self.engine.shows_overflows or window.overflows:
+        if not self.loss_scale.unit or window.overflows:
             line += f", overflow steps: {window.overflows} (run total {self.engine.overflow_steps()})"
         if window.data_seconds > INPUT_BOUND * seconds:
             line += (f", input-bound: {100 * window.data_seconds / seconds:.0f}% of the epoch waited for data "
@@ -361,10 +363,35 @@ def evaluate_split(engine: Engine, dataset) -> dict:
             "images_per_sec": count / watch.lap()}
 
 
+def inference_step(engine: Engine, config) -> int | None:
+    """The checkpoint eval, predict and export use: eval.checkpoint, else the newest; None when the
+    workdir has none and config.init.weights names the weights instead."""
+    steps = engine.complete_steps()
+    step = config.eval.checkpoint if config.eval.checkpoint is not None else (steps[-1] if steps else None)
+    if step is None and not config.init.weights:
+        raise ConfigError(f"no checkpoint in {engine.checkpoint_dir}; train first (--mode=train --backend="
+                          f"{engine.name}), point --workdir at a training run, or name weights with "
+                          f"--config.init.weights=FILE")
+    if step is not None and int(step) not in steps:
+        raise ConfigError(f"eval.checkpoint={step} is not a checkpoint in {engine.checkpoint_dir}; "
+                          f"available steps: {steps}")
+    return None if step is None else int(step)
+
+
+def load_for_inference(engine: Engine, config) -> tuple[int | None, dict]:
+    """(step or None, meta) of what eval, predict and export use, loaded into `engine`; a checkpoint
+    of another network is refused by its meta first."""
+    step = inference_step(engine, config)
+    if step is not None:
+        resume_checks.check_same_model(engine.checkpoint_dir, step, engine.checkpoint_meta(step),
+                                       ModelInfo.from_config(config.model))
+    return step, engine.load_for_inference(step)
+
+
 def evaluate(engine: Engine, config, workdir: str) -> dict:
-    """--mode=eval: what `Engine.load_for_inference` finds, on the whole validation split; one eval
-    row (mode "eval") in metrics.jsonl and the seeds' result line."""
-    step, meta = engine.load_for_inference()
+    """--mode=eval: what `inference_step` names, on the whole validation split; one eval row
+    (mode "eval") in metrics.jsonl and the seeds' result line."""
+    step, meta = load_for_inference(engine, config)
     val_ds = build_dataset(config, "validation", process_index=int(engine.process_index),
                            process_count=int(engine.process_count))
     result = evaluate_split(engine, val_ds)
@@ -384,7 +411,7 @@ def predict(engine: Engine, config, workdir: str) -> list:
     from mobilenets_core import predict as predict_lib
 
     predict_lib.collect_inputs(config.predict.inputs)  # a bad input spec fails before any work
-    engine.load_for_inference()
+    load_for_inference(engine, config)
     return predict_lib.run(config, workdir, engine.logits_fn())
 
 

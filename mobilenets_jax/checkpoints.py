@@ -19,10 +19,9 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from mobilenets_core import resume_checks
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.failures import CheckpointError, checkpoint_read_error, checkpoint_write_error
-from mobilenets_core.weights import ModelInfo, identity, workdirs
+from mobilenets_core.weights import identity, workdirs
 from mobilenets_core.weights.tensors import compare
 
 # TrainState fields a checkpoint written before they existed may lack; they restore fresh.
@@ -77,24 +76,15 @@ class Checkpoints:
     def _read_error(self, step, error: BaseException) -> CheckpointError:
         return checkpoint_read_error(self.directory, step, error, f"{self.directory}/{step}", self.complete_steps())
 
-    def check_model(self, step: int, model: ModelInfo, meta: dict | None = None) -> dict:
-        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's);
-        returns the checkpoint's meta."""
-        meta = self.meta(step) if meta is None else meta
-        resume_checks.check_same_model(self.directory, step, meta, model)
-        return meta
-
-    def restore(self, step: int, target, *, model: ModelInfo | None = None):
+    def restore(self, step: int, target):
         """(state shaped and sharded like `target`, meta) of checkpoint `step`.
 
-        `target` is a state or its abstract shapes (jax.ShapeDtypeStruct with shardings). With
-        `model` (the config's model.*), a checkpoint of another network is refused by name first;
-        any other difference of the saved tree from `target` is refused listing the tensors."""
+        `target` is a state or its abstract shapes (jax.ShapeDtypeStruct with shardings); any
+        difference of the saved tree from it is refused listing the tensors (the loop has compared
+        the networks by their meta first: resume_checks)."""
         if step not in self.manager.all_steps():
             raise ConfigError(f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}")
         meta = self.meta(step)
-        if model is not None:
-            self.check_model(step, model, meta)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
         fresh = self._check_structure(step, abstract, meta)
         restore_target = abstract

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenets_core import atomic_files, export_description
+from mobilenets_core import atomic_files, export_description, loop
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
+from mobilenets_core.weights import ModelInfo, workdirs
 from mobilenets_jax import models
-from mobilenets_jax.checkpoints import Checkpoints
 
 FORMATS = ("tflite", "saved_model", "stablehlo")
 CHOICES = FORMATS + ("all",)
@@ -51,33 +51,24 @@ def requested_formats(config) -> tuple:
 
 
 def restore_inference_model(config, workdir: str):
-    """(module, variables, step, meta) of the newest checkpoint of `workdir` (or eval.checkpoint).
+    """(module, variables, step, meta) of what --mode=export writes: eval.checkpoint, else the newest
+    checkpoint of `workdir`, else config.init.weights (step None; see loop.inference_step).
 
-    The module is the float32 eval network with the BatchNorm epsilon the checkpoint was trained
+    The module is the float32 eval network with the BatchNorm epsilon the weights were trained
     with and plain XLA convolutions; `variables` holds the EMA weights when `ema.decay > 0`."""
-    from mobilenets_jax.train import Trainer
+    from mobilenets_jax.train import JaxEngine
 
-    checkpoints = Checkpoints(workdir, read_only=True)
+    engine = JaxEngine(config, workdir, read_only=True)
     try:
-        steps = checkpoints.all_steps()
-        step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
-        if step is None:
-            raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first (--mode=train) or point "
-                              f"--workdir at a training run")
-        if int(step) not in steps:
-            raise ConfigError(f"eval.checkpoint={step} is not a checkpoint in {checkpoints.directory}; "
-                              f"available steps: {sorted(steps)}")
-        trainer = Trainer(config, 1)
-        state, meta = checkpoints.restore(int(step), trainer.init_state(int(config.train.seed)))
+        step, meta = loop.load_for_inference(engine, config)
     finally:
-        checkpoints.close()
-    params = state.ema_params if config.ema.decay > 0 else state.params
-    variables = jax.device_get({"params": params, "batch_stats": state.batch_stats})
-    bn_eps = (meta.get("model") or {}).get("bn_eps", config.model.bn_eps)
+        engine.close()
     # XLA's own convolutions, whatever trained the weights: the files are for other machines, whose
     # runtimes have depthwise kernels (TFLite DEPTHWISE_CONV_2D, cuDNN), not for this CPU.
-    module = models.build_network(config.model, dtype=jnp.float32, bn_eps=bn_eps, conv_impl="xla")
-    return module, variables, int(step), meta
+    model = engine.trainer.config.model  # with the weights' epsilon
+    module = models.build_network(model, dtype=jnp.float32, conv_impl="xla")
+    meta = {"model": ModelInfo.from_config(model).as_dict(), **meta}  # init.weights: no meta of their own
+    return module, jax.device_get(engine.inference_variables()), step, meta
 
 
 def calibration_images(config, count: int) -> np.ndarray:
@@ -202,7 +193,8 @@ def int8_agreement(module, variables, int8_path: str, config) -> dict:
 
 
 def export(config, workdir: str) -> dict:
-    """Write the deployment files of `workdir`'s checkpoint to workdir/export/; returns {format: path}.
+    """Write the deployment files of `workdir`'s checkpoint (without one: of config.init.weights) to
+    workdir/export/; returns {format: path}.
 
     Formats: "tflite" (model.tflite float32 and model_int8.tflite), "saved_model" (directory,
     signature serving_default: images -> logits), "stablehlo" (model.stablehlo), plus
@@ -241,7 +233,6 @@ def export(config, workdir: str) -> dict:
         extra = write_stablehlo(module, variables, size, os.path.join(out_dir, FILES["stablehlo"]))
         record("stablehlo", "stablehlo", {**extra, "load": "jax.export.deserialize(bytes).call(images)"})
 
-    checkpoint = {"path": os.path.join(workdir, "checkpoints", str(step)), "step": step,
-                  "weights": "ema" if config.ema.decay > 0 else "params"}
+    source = export_description.weights_source(config, step, os.path.join(workdir, workdirs.JAX_DIRECTORY, f"{step}"))
     return export_description.write(out_dir, paths, export_description.describe(
-        "jax", workdir, meta, config.model, checkpoint, size, num_classes, artefacts))
+        "jax", workdir, meta, config.model, source, size, num_classes, artefacts))

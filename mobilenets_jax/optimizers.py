@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mobilenets_core.loss_scale import LossScaleRule
+
 OPTIMIZERS = ("momentum", "rmsprop", "adamw")
 
 
@@ -60,31 +62,11 @@ def _optimizer(config, lr_table) -> optax.GradientTransformation:
 
 
 # ----------------------------------------------------------------------------- loss scale and skipped steps
-# The semantics of mobilenets_ms/mixed_precision.py: the loss is multiplied by the scale before
-# differentiation and the gradients divided by it after; a step whose loss or gradients are not all
-# finite is skipped (parameters, optimizer state, BatchNorm statistics and EMA stay as they were) and
-# counted in `overflow_steps`, while the step number, and with it the data position and the
-# learning-rate index, advances. A dynamic scale (mixed_precision.loss_scale=0) starts at
-# dynamic_init, halves on a skipped step (never below 1) and grows by dynamic_factor after
-# dynamic_window finite steps in a row (MindSpore's DynamicLossScaleUpdateCell rule).
-DYNAMIC_INIT = 2.0 ** 24  # MindSpore's DynamicLossScaleManager defaults
-DYNAMIC_FACTOR = 2.0
-DYNAMIC_WINDOW = 2000
 
 
-class LossScale:
-    """The loss-scale settings of a config; its running state is a small dict inside the TrainState."""
-
-    def __init__(self, config):
-        section = config.get("mixed_precision") or {}
-        get = lambda key, default: default if section.get(key) is None else section.get(key)  # noqa: E731
-        value = float(get("loss_scale", 1.0))
-        if value < 0:
-            raise ValueError(f"mixed_precision.loss_scale={value} must be >= 0 (0 = dynamic)")
-        self.dynamic = value == 0
-        self.initial = float(get("dynamic_init", DYNAMIC_INIT)) if self.dynamic else value
-        self.factor = float(get("dynamic_factor", DYNAMIC_FACTOR))
-        self.window = int(get("dynamic_window", DYNAMIC_WINDOW))
+class LossScale(LossScaleRule):
+    """`mobilenets_core.loss_scale`'s rule in JAX (`LossScale.from_config`); its running state is a
+    small dict inside the TrainState."""
 
     def init(self) -> dict:
         return {"scale": jnp.asarray(self.initial, jnp.float32), "good_steps": jnp.zeros((), jnp.int32),

@@ -83,7 +83,7 @@ class Trainer:
                                            frozen_backbone=config.init.freeze == "backbone")
         self.lr = schedules.lr_table(config, steps_per_epoch)
         self.tx = build_optimizer(config, self.lr)
-        self.loss_scale = LossScale(config)
+        self.loss_scale = LossScale.from_config(config)
         self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
@@ -183,16 +183,6 @@ def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
     return trainer, flax_tree.from_canonical(fitted, arch)
 
 
-def _with_checkpoint_eps(config, trainer: Trainer, meta: dict, steps_per_epoch: int) -> Trainer:
-    """The trainer for a restored checkpoint: one started from imported weights trained with another
-    BatchNorm epsilon keeps that epsilon (config.model.bn_eps is set to it)."""
-    bn_eps = (meta.get("model") or {}).get("bn_eps")
-    if bn_eps is None or bn_eps == config.model.bn_eps:
-        return trainer
-    config.model.bn_eps = bn_eps
-    return Trainer(config, steps_per_epoch)
-
-
 class JaxEngine(loop.EngineCheckpoints):
     """The JAX side of `mobilenets_core.loop.Engine`: a Trainer, its TrainState, Orbax checkpoints."""
 
@@ -220,21 +210,12 @@ class JaxEngine(loop.EngineCheckpoints):
         elif step is None:
             state = trainer.init_state(seed)
         else:
-            state, meta = self.checkpoints.restore(step, trainer.abstract_state(seed))
-            trainer = _with_checkpoint_eps(self.config, trainer, meta, steps_per_epoch)
+            state, _ = self.checkpoints.restore(step, trainer.abstract_state(seed))  # the loop set its bn_eps
         self.trainer, self.state = trainer, state
         return int(state.step)  # once, before the first step
 
     def describe(self) -> str:
         return f"{jax.device_count()} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)"
-
-    @property
-    def dynamic_loss_scale(self) -> bool:
-        return self.trainer.loss_scale.dynamic
-
-    @property
-    def shows_overflows(self) -> bool:
-        return self.trainer.loss_scale.dynamic or self.trainer.loss_scale.initial != 1.0
 
     def put(self, local_batch: dict):
         return self.trainer.to_global(local_batch)
@@ -270,40 +251,28 @@ class JaxEngine(loop.EngineCheckpoints):
             totals = out if totals is None else jax.tree_util.tree_map(jnp.add, totals, out)
         return {k: float(v) for k, v in jax.device_get(totals).items()}
 
-    def load_for_inference(self):
-        self.trainer, self.state, step, meta = restore_for_inference(self.config, self.workdir)
-        return step, meta
+    def load_for_inference(self, step: int | None) -> dict:
+        config = self.config.copy_and_resolve_references()  # bn_eps becomes the weights'
+        seed = int(config.train.seed)
+        if step is None:
+            say = print if self.process_index == 0 else (lambda *a: None)
+            self.trainer, variables = _imported_start(config, Trainer(config, 1), 1, say)
+            self.state = self.trainer.init_state(seed, variables)
+            return {"epoch": None}
+        config.model.bn_eps = ModelInfo.of_checkpoint(self.checkpoint_meta(step), config.model).bn_eps
+        self.trainer = Trainer(config, 1)
+        self.state, meta = self.checkpoints.restore(step, self.trainer.abstract_state(seed))
+        return meta
+
+    def inference_variables(self) -> dict:
+        """The loaded weights to evaluate and deploy (EMA when ema.decay > 0), where they are."""
+        params = self.state.ema_params if self.config.ema.decay > 0 else self.state.params
+        return {"params": params, "batch_stats": self.state.batch_stats}
 
     def logits_fn(self):
-        trainer, state = self.trainer, self.state
-        params = state.ema_params if self.config.ema.decay > 0 else state.params
-        apply = jax.jit(lambda images: trainer.module.apply({"params": params, "batch_stats": state.batch_stats},
-                                                            images, train=False))
+        module, variables = self.trainer.module, self.inference_variables()
+        apply = jax.jit(lambda images: module.apply(variables, images, train=False))
         return lambda batch: np.asarray(apply(jnp.asarray(batch)))
-
-
-def restore_for_inference(config, workdir: str):
-    """(trainer, state, step, meta) of what --mode=eval/predict evaluates: checkpoint eval.checkpoint,
-    else the newest of `workdir`, or, when the workdir has none, the weights of config.init.weights
-    (step None; a file from either engine, timm, or another JAX workdir)."""
-    checkpoints = Checkpoints(workdir, read_only=True)
-    try:
-        step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
-        if step is None and not config.init.weights:
-            raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first (--mode=train), point "
-                              f"--workdir at a training run, or name weights with --config.init.weights=FILE")
-        if step is None:
-            config = config.copy_and_resolve_references()
-            trainer, variables = _imported_start(config, Trainer(config, 1), 1,
-                                                 print if jax.process_index() == 0 else (lambda *a: None))
-            return trainer, trainer.init_state(int(config.train.seed), variables), None, {"epoch": None}
-        trainer = Trainer(config, 1)
-        state, meta = checkpoints.restore(int(step), trainer.abstract_state(int(config.train.seed)),
-                                          model=ModelInfo.from_config(config.model))
-        return _with_checkpoint_eps(config.copy_and_resolve_references(), trainer, meta, 1), state, int(step), meta
-    finally:
-        checkpoints.close()
-
 
 
 def write_weights_workdir(config, out: str, state: dict, meta: dict) -> None:

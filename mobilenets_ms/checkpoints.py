@@ -25,9 +25,8 @@ import re
 import mindspore as ms
 import numpy as np
 
-from mobilenets_core import resume_checks
 from mobilenets_core.failures import CheckpointError, checkpoint_read_error, checkpoint_write_error
-from mobilenets_core.weights import ModelInfo, workdirs
+from mobilenets_core.weights import workdirs
 
 _META = re.compile(r"^ckpt_(\d+)\.json$")
 _TEMPORARY = ".tmp-"  # prefix of what a save writes before its renames
@@ -122,13 +121,6 @@ class Checkpoints:
                 raise ValueError(f"{self.meta_path(step)} holds {type(meta).__name__}, not an object")
         except (OSError, ValueError) as e:
             raise self._read_error(step, e) from e
-        return meta
-
-    def check_model(self, step: int, model: ModelInfo, meta: dict | None = None) -> dict:
-        """Raise ConfigError if checkpoint `step` is of another network than `model` (the config's),
-        by its meta; returns the meta."""
-        meta = self.meta(step) if meta is None else meta
-        resume_checks.check_same_model(self.directory, step, meta, model)
         return meta
 
     def restore(self, step: int) -> tuple[dict, dict]:

@@ -16,10 +16,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
-from mobilenets_core import atomic_files, export_description
+from mobilenets_core import atomic_files, export_description, loop
 from mobilenets_core.config_check import ConfigError
 from mobilenets_ms import models, train
-from mobilenets_ms.checkpoints import Checkpoints
 
 FORMATS = ("mindir", "onnx", "air")
 CHOICES = FORMATS + ("all",)
@@ -67,15 +66,11 @@ def export(config, workdir: str) -> dict:
         raise ConfigError(f"export.format='air' needs an Ascend device (MindSpore runs on {device} here); "
                           f"use export.format=mindir or onnx")
     workdir = os.path.abspath(workdir)
-    trainer, step, meta = train.restore_trainer(config, workdir)
-    if step is None:  # no checkpoint: restore_trainer loaded config.init.weights, which have no EMA history
-        net = trainer.net
-        net.set_train(False)
-        source = {"path": os.path.abspath(config.init.weights), "step": None, "weights": "init.weights"}
-    else:
-        net = trainer.inference_net()
-        source = {"path": Checkpoints(workdir, read_only=True).path(step), "step": step,
-                  "weights": "ema" if config.ema.decay > 0 else "params"}
+    engine = train.MsEngine(config, workdir, read_only=True)
+    step, meta = loop.load_for_inference(engine, config)
+    trainer = engine.trainer
+    net = trainer.inference_net()  # init.weights: their EMA starts at them
+    source = export_description.weights_source(config, step, engine.checkpoint_name(step) if step is not None else "")
     size = int(meta.get("image_size", config.dataset.image_size))
     num_classes = int(trainer.num_classes)
     out_dir = os.path.join(workdir, "export")

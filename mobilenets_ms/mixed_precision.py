@@ -4,29 +4,17 @@
 BatchNorm in float16; O3 everything in float16 (mindspore.amp.auto_mixed_precision). Weights
 and optimizer state stay float32 whatever the level.
 
-`mixed_precision.loss_scale`: > 0 a fixed scale (the seeds: 1024); 0 a dynamic one (MindSpore's
-DynamicLossScaleUpdateCell rule: start at DYNAMIC_INIT, halve on overflow, double after
-DYNAMIC_WINDOW finite steps in a row, never below 1). Either way the loss is multiplied by the
-scale before differentiation, the gradients divided by it after, and a step whose gradients are
-not all finite is skipped: parameters, optimizer state and EMA stay as they were, and the step is
-counted in `overflow_steps`. The data position and the learning-rate index still advance, so a
-run's schedule and data order do not depend on how many steps overflowed.
+`mixed_precision.loss_scale` and `dynamic_*`: the rule of `mobilenets_core.loss_scale`, as a Cell
+whose Parameters are checkpointed with the run.
 """
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, amp, nn, ops
 
+from mobilenets_core.loss_scale import LossScaleRule
+
 LEVELS = ("O0", "O1", "O2", "O3")
-DYNAMIC_INIT = 2.0 ** 24  # MindSpore's DynamicLossScaleManager default
-DYNAMIC_FACTOR = 2.0
-DYNAMIC_WINDOW = 2000
-
-
-def _field(config, key, default):
-    section = config.get("mixed_precision", None)
-    value = None if section is None else section.get(key, None)
-    return default if value is None else value
 
 
 def apply_level(net: nn.Cell, level: str) -> nn.Cell:
@@ -41,25 +29,16 @@ def apply_level(net: nn.Cell, level: str) -> nn.Cell:
 class LossScale(nn.Cell):
     """The loss scale as state: `scale`, finite steps in a row, and the count of skipped steps."""
 
-    def __init__(self, loss_scale: float, init: float = DYNAMIC_INIT, factor: float = DYNAMIC_FACTOR,
-                 window: int = DYNAMIC_WINDOW):
+    def __init__(self, rule: LossScaleRule):
         super().__init__()
-        if loss_scale < 0:
-            raise ValueError(f"mixed_precision.loss_scale={loss_scale} must be >= 0 (0 = dynamic)")
-        self.dynamic = loss_scale == 0
-        self.unit = loss_scale == 1  # fixed at 1: the train step skips the multiply and divide
-        self.factor = float(factor)
-        self.window = int(window)
-        self.scale = Parameter(Tensor(float(init if self.dynamic else loss_scale), ms.float32),
-                               name="loss_scale", requires_grad=False)
+        self.dynamic, self.unit, self.factor, self.window = rule.dynamic, rule.unit, rule.factor, rule.window
+        self.scale = Parameter(Tensor(rule.initial, ms.float32), name="loss_scale", requires_grad=False)
         self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
         self.overflow_steps = Parameter(Tensor(0, ms.int32), name="overflow_steps", requires_grad=False)
 
     @classmethod
     def from_config(cls, config) -> LossScale:
-        return cls(float(_field(config, "loss_scale", 1.0)), float(_field(config, "dynamic_init", DYNAMIC_INIT)),
-                   float(_field(config, "dynamic_factor", DYNAMIC_FACTOR)),
-                   int(_field(config, "dynamic_window", DYNAMIC_WINDOW)))
+        return cls(LossScaleRule.from_config(config))
 
     def parameters_to_save(self) -> list:
         return [self.scale, self.good_steps, self.overflow_steps]

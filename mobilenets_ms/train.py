@@ -35,12 +35,6 @@ _context = {}  # what this process has set up: device, mode, distributed group
 BATCHNORM_STATISTICS = (MINDSPORE_BATCHNORM["mean"], MINDSPORE_BATCHNORM["var"])
 
 
-def _field(config, section: str, key: str, default):
-    node = config.get(section, None)
-    value = None if node is None else node.get(key, None)
-    return default if value is None else value
-
-
 # ----------------------------------------------------------------------------- context
 
 
@@ -260,7 +254,7 @@ class Trainer:
         self.lr = schedules.lr_table(config, steps_per_epoch)
         self.optimizer = build_optimizer(self.net.trainable_params(), config, self.lr)
         self.loss_scale = mixed_precision.LossScale.from_config(config)
-        level = str(_field(config, "mixed_precision", "level", "O0"))
+        level = str(config.mixed_precision.level)
         compute_net = mixed_precision.apply_level(self.net, level)
         self.ema_decay = float(config.ema.decay)
         self.train_step = TrainStep(compute_net, self.optimizer, self.loss_scale, self.num_classes,
@@ -422,11 +416,7 @@ class MsEngine(loop.EngineCheckpoints):
     def start(self, steps_per_epoch: int, step, say) -> int:
         config = self.config
         initial = reader.initial_weights(config, say)[1] if step is None and config.init.weights else None
-        if step is not None:
-            tensors, meta = self.checkpoints.restore(step)
-            bn_eps = (meta.get("model") or {}).get("bn_eps")
-            if bn_eps is not None:  # a run started from imported weights keeps their epsilon
-                config.model.bn_eps = bn_eps
+        tensors = self.checkpoints.restore(step)[0] if step is not None else None  # the loop set its bn_eps
         self.trainer = Trainer(config, steps_per_epoch, context=self.context)
         if step is not None:
             self.trainer.load_state(tensors, source=f"checkpoint step {step} in {self.checkpoints.directory}")
@@ -443,16 +433,8 @@ class MsEngine(loop.EngineCheckpoints):
         scale = self.trainer.loss_scale
         return (f"{self.context['group_size']} {self.context['device']} device(s) with MindSpore {ms.__version__} "
                 f"({'graph' if ms.get_context('mode') == ms.GRAPH_MODE else 'pynative'} mode, AMP "
-                f"{_field(self.config, 'mixed_precision', 'level', 'O0')}, loss scale "
+                f"{self.config.mixed_precision.level}, loss scale "
                 f"{'dynamic' if scale.dynamic else float(scale.scale.asnumpy())})")
-
-    @property
-    def dynamic_loss_scale(self) -> bool:
-        return self.trainer.loss_scale.dynamic
-
-    @property
-    def shows_overflows(self) -> bool:
-        return not self.trainer.loss_scale.unit  # dynamic, or fixed at anything but 1
 
     def put(self, local_batch: dict):
         return Tensor(local_batch["image"]), Tensor(local_batch["label"])
@@ -484,46 +466,22 @@ class MsEngine(loop.EngineCheckpoints):
     def eval_sums(self, dataset) -> dict:
         return self.trainer.eval_sums(dataset)
 
-    def load_for_inference(self):
-        self.trainer, step, meta = restore_trainer(self.config, self.workdir)
-        return step, meta
+    def load_for_inference(self, step: int | None) -> dict:
+        config = self.config.copy_and_resolve_references()  # bn_eps becomes the weights'
+        if step is None:
+            initial = reader.initial_weights(config, print if self.lead else (lambda *a: None))[1]
+            self.trainer = Trainer(config, 1, context=self.context)
+            self.trainer.load_weights(initial)  # the EMA starts at them too
+            return {"epoch": None}
+        tensors, meta = self.checkpoints.restore(step)
+        config.model.bn_eps = ModelInfo.of_checkpoint(meta, config.model).bn_eps
+        self.trainer = Trainer(config, 1, context=self.context)
+        self.trainer.load_state(tensors, network_only=True, source=f"checkpoint step {step} in {self.checkpoint_dir}")
+        return meta
 
     def logits_fn(self):
         net = self.trainer.inference_net()
         return lambda batch: net(Tensor(np.ascontiguousarray(batch, np.float32))).asnumpy()
-
-
-def restore_trainer(config, workdir: str, step: int | None = None):
-    """(trainer, step, meta) holding what --mode=eval/predict/export evaluates: checkpoint `step`
-    (default eval.checkpoint, else the newest of workdir/ms_checkpoints), or, when the workdir has
-    none, the weights of config.init.weights (step None)."""
-    context = setup(config)
-    checkpoints = Checkpoints(workdir, read_only=True)
-    if step is None:
-        step = config.eval.checkpoint if config.eval.checkpoint is not None else checkpoints.latest_step()
-    if step is None and not config.init.weights:
-        raise ConfigError(f"no checkpoint in {checkpoints.directory}; train first (--mode=train "
-                          f"--backend=mindspore), point --workdir at a training run, or name weights with "
-                          f"--config.init.weights=FILE")
-    if step is not None and int(step) not in checkpoints.all_steps():
-        raise ConfigError(f"eval.checkpoint={step} is not a checkpoint in {checkpoints.directory}; "
-                          f"available steps: {checkpoints.all_steps()}")
-    if step is None:
-        config = config.copy_and_resolve_references()
-        initial = reader.initial_weights(config, print if context["rank"] == 0 else (lambda *a: None))[1]
-        trainer = Trainer(config, 1, context=context)
-        trainer.load_weights(initial)
-        return trainer, None, {"epoch": None, "weights": config.init.weights}
-    checkpoints.check_model(int(step), ModelInfo.from_config(config.model))
-    tensors, meta = checkpoints.restore(int(step))
-    bn_eps = (meta.get("model") or {}).get("bn_eps")
-    if bn_eps is not None and bn_eps != config.model.bn_eps:
-        config = config.copy_and_resolve_references()
-        config.model.bn_eps = bn_eps
-    trainer = Trainer(config, 1, context=context)
-    trainer.load_state(tensors, network_only=True, source=f"checkpoint step {step} in {checkpoints.directory}")
-    return trainer, int(step), meta
-
 
 
 def write_weights_workdir(config, out: str, state: dict, meta: dict) -> None:

@@ -254,3 +254,29 @@ def test_ema_weights_and_checkpoint_epsilon_are_exported(tmp_path):
     assert len(exported) == len(halves) > 0
     for got, want in zip(exported, halves):
         np.testing.assert_array_equal(got, want)
+
+
+def test_init_weights_are_exported_without_a_checkpoint(tmp_path):
+    """As on MindSpore: a workdir without checkpoints exports config.init.weights, with the file's epsilon."""
+    import mobilenets_jax
+    from mobilenets_core import weights
+    from tests.helpers import random_canonical_state
+
+    config = export_config(format="stablehlo")
+    config.ema.decay = 0.99
+    info = weights.ModelInfo("mobilenet_v3_small", 0.5, None, 10, 1e-3)
+    state = random_canonical_state(info.architecture(), seed=2)
+    path = str(tmp_path / "weights.safetensors")
+    weights.save(path, state, info)
+    config.init.weights = path
+    paths = export_lib.export(config, str(tmp_path / "run"))
+
+    module, variables = mobilenets_jax.load_model(config, weights=path)
+    images = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    with open(paths["stablehlo"], "rb") as f:
+        got = np.asarray(jax.export.deserialize(bytearray(f.read())).call(images))
+    assert np.abs(got - np.asarray(module.apply(variables, images, train=False))).max() < FLOAT_TOLERANCE
+    with open(paths["metadata"]) as f:
+        meta = json.load(f)
+    assert meta["checkpoint"] == {"path": path, "step": None, "weights": "init.weights"}
+    assert meta["model"]["bn_eps"] == 1e-3

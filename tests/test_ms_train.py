@@ -6,7 +6,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from mobilenets_core import specs
+from mobilenets_core import loop, specs
 from mobilenets_core import weights as canonical
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
@@ -98,8 +98,9 @@ def test_frozen_backbone_does_not_move(tmp_path):
     config.init.weights = path
     train.train_and_evaluate(config, str(tmp_path / "run"), stop=lambda step: step == 5)
     ckpt = train.Checkpoints(str(tmp_path / "run"), read_only=True)
-    trainer, step, _ = train.restore_trainer(config, str(tmp_path / "run"))
-    after = to_canonical(trainer.net)
+    engine = train.MsEngine(config, str(tmp_path / "run"), read_only=True)
+    step, _ = loop.load_for_inference(engine, config)
+    after = to_canonical(engine.trainer.net)
     assert step == 5
     moved = [n for n in start if not np.array_equal(start[n], after[n])]
     assert sorted(moved) == ["classifier.bias", "classifier.weight", "head.conv.bias", "head.conv.weight"]

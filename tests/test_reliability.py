@@ -668,7 +668,7 @@ def test_a_checkpoint_written_before_loss_scaling_existed_still_resumes(data, tm
     checkpoints = Checkpoints(str(tmp_path))
     checkpoints.save(3, old, {"model": ModelInfo.from_config(config.model).as_dict(), "epoch": 1})
     checkpoints.close()
-    state, meta = Checkpoints(str(tmp_path), read_only=True).restore(3, abstract, model=ModelInfo.from_config(config.model))
+    state, meta = Checkpoints(str(tmp_path), read_only=True).restore(3, abstract)
     assert int(state.step) == 3 and meta["epoch"] == 1
     assert {float(v) for leaf in jax.tree_util.tree_leaves(state.params) for v in np.ravel(leaf)} == {0.5}
     assert float(state.loss_scale["scale"]) == 128.0 and int(state.loss_scale["overflow_steps"]) == 0

@@ -47,6 +47,11 @@ class ModelInfo:
         return cls(**{**base, **{k: v for k, v in fields.items() if k in known}})
 
     @classmethod
+    def of_checkpoint(cls, meta: dict, model_cfg) -> ModelInfo:
+        """A checkpoint's network by its meta; the config fills what an older meta lacks."""
+        return cls.from_dict(meta.get("model") or {}, defaults=cls.from_config(model_cfg))
+
+    @classmethod
     def of_architecture(cls, arch: specs.Architecture, bn_eps: float) -> ModelInfo:
         return cls(arch.name, arch.width, arch.groups, arch.head.num_classes, float(bn_eps))
 
