@@ -160,8 +160,9 @@ def test_jax_checkpoint_evaluates_the_same_in_mindspore(trained, tmp_path):
     config.init.weights = workdir
     config.convert.output = str(tmp_path / "from_jax.safetensors")
     convert.convert(config)  # the canonical file, as `--mode=convert` writes it
-    config.init.weights = config.convert.output
-    ms_result = ms_train.evaluate(config, str(tmp_path / "ms_eval"))
-    assert ms_result["count"] == jax_result["count"] == 359
-    assert abs(ms_result["top1"] - jax_result["top1"]) <= 1 / 359
-    assert ms_result["loss"] == pytest.approx(jax_result["loss"], rel=1e-4)
+    for weights in (config.convert.output, workdir):  # the canonical file, and the JAX workdir read directly
+        config.init.weights = weights
+        ms_result = ms_train.evaluate(config, str(tmp_path / "ms_eval"))
+        assert ms_result["count"] == jax_result["count"] == 359
+        assert abs(ms_result["top1"] - jax_result["top1"]) <= 1 / 359
+        assert ms_result["loss"] == pytest.approx(jax_result["loss"], rel=1e-4)

@@ -12,7 +12,7 @@ import numpy as np
 from mobilenets_core import specs
 from mobilenets_core.weights.tensors import check, check_state, expected_shapes
 
-_LEAF = {"weight": "kernel", "bias": "bias", "scale": "scale", "mean": "mean", "var": "var"}
+_FLAX_LEAF = {"weight": "kernel"}  # every other leaf keeps its canonical name
 
 
 def flax_path(name: str) -> tuple:
@@ -26,7 +26,7 @@ def flax_path(name: str) -> tuple:
             merged.append(part)
     leaf = parts[-1]
     collection = "batch_stats" if leaf in ("mean", "var") else "params"
-    return (collection, *merged, _LEAF[leaf])
+    return (collection, *merged, _FLAX_LEAF.get(leaf, leaf))
 
 
 def _to_canonical_layout(value: np.ndarray) -> np.ndarray:

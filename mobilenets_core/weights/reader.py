@@ -38,20 +38,23 @@ class WeightFile:
     info: ModelInfo
 
 
-def kind_of(path: str, label: str = "init.weights") -> str:
+def _open(path: str, label: str) -> tuple[str, tuple | None]:
+    """(kind, contents): a .safetensors file is read here, once (its metadata tells its kind); the
+    other kinds are told by their name and read by their spoke."""
     if os.path.isdir(path):
-        return workdirs.kind(path, label)
+        return workdirs.kind(path, label), None
     if path.endswith(".ckpt"):
-        return "MindSpore checkpoint"
+        return "MindSpore checkpoint", None
     if path.endswith((".pth", ".pt", ".bin")):
-        return "timm state dict"
+        return "timm state dict", None
     if path.endswith(".safetensors"):
         try:
-            _, meta = canonical.read_safetensors(path)
+            tensors, meta = canonical.read_safetensors(path)
         except ValueError as e:
             raise ConfigError(f"{label}={path!r} could not be read as .safetensors: {str(e).split(': ', 1)[-1]}") \
                 from None
-        return "canonical" if canonical.info_from_metadata(meta) else "timm state dict"
+        info = canonical.info_from_metadata(meta)
+        return ("canonical" if info else "timm state dict"), (tensors, info)
     raise ConfigError(f"{label}={path!r}: unknown weight file type; expected a canonical or timm "
                       f".safetensors, a timm .pth, a MindSpore .ckpt or a JAX or MindSpore workdir")
 
@@ -61,9 +64,9 @@ def read(path: str, wanted: ModelInfo, label: str = "init.weights") -> WeightFil
     epsilon may differ: they are the file's). ConfigError, first line naming the file, otherwise."""
     if not os.path.exists(path):
         raise ConfigError(f"{label}={path!r} does not exist")
-    kind = kind_of(path, label)
+    kind, contents = _open(path, label)
     try:
-        state, info, named_by = _read(path, kind, wanted, label)
+        state, info, named_by = _read(path, kind, contents, wanted, label)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated or foreign files fail inside third-party readers
@@ -86,10 +89,11 @@ def read(path: str, wanted: ModelInfo, label: str = "init.weights") -> WeightFil
     return WeightFile(path, kind, state, info)
 
 
-def _read(path: str, kind: str, wanted: ModelInfo, label: str) -> tuple[dict, ModelInfo, str]:
+def _read(path: str, kind: str, contents, wanted: ModelInfo, label: str) -> tuple[dict, ModelInfo, str]:
     """(state, the file's ModelInfo, what named the network)."""
     if kind == "canonical":
-        state, info = canonical.load(path)
+        state, info = contents
+        check_state(state, info.architecture(), source=path)
         return state, info, "by its metadata"
     if kind.endswith("workdir"):
         state, info, _ = workdirs.read(path, label)
@@ -103,7 +107,7 @@ def _read(path: str, kind: str, wanted: ModelInfo, label: str) -> tuple[dict, Mo
         info = wanted.replace(num_classes=int(state["classifier.weight"].shape[0]),
                               bn_eps=mindspore_ckpt.trained_bn_eps(tensors))
         return state, info, "by its tensors"
-    timm_state = timm.read_state_dict(path)
+    timm_state = contents[0] if contents else timm.read_state_dict(path)
     classifier = timm_state.get("classifier.weight")
     info = wanted.replace(num_classes=int(classifier.shape[0]) if classifier is not None else wanted.num_classes,
                           bn_eps=timm.TIMM_BN_EPS)

@@ -79,9 +79,9 @@ def read_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file {path} does not exist")
     if path.endswith(".safetensors"):
-        from mobilenets_core.weights.canonical import read_safetensors
+        from safetensors.numpy import load_file
 
-        return read_safetensors(path)[0]
+        return load_file(path)
     if path.endswith((".pth", ".pt", ".bin")):
         try:
             import torch

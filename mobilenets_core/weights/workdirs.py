@@ -77,7 +77,8 @@ def _read_jax(directory: str) -> tuple[dict, dict]:
     """(Flax variables, meta's model) of the newest checkpoint."""
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False,
+                                           save_interval_steps=0)
     manager = ocp.CheckpointManager(directory, options=options, item_handlers=orbax_item_handlers())
     try:
         restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
