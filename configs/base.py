@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.export.calibration_images = 100  # training images that calibrate the int8 TFLite model
     config.export.agreement_images = 500  # validation images on which int8 Top-1 agreement with float is measured
 
+    config.resume = ml_collections.ConfigDict()
+    config.resume.allow = ""  # recipe fields a resume may change, e.g. "train.epochs,optimizer.learning_rate"
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
     config.checkpoint.keep = 5

@@ -16,6 +16,7 @@ run naming that first step, before anything later is saved.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import os
 import sys
@@ -27,6 +28,7 @@ import numpy as np
 
 from mobilenets_core import metrics as metrics_lib
 from mobilenets_core import resume_checks, schedules
+from mobilenets_core import workdir as workdir_lib
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
 from mobilenets_core.failures import NonFiniteLoss
@@ -192,19 +194,19 @@ class _Window:
 
 def train_and_evaluate(engine: Engine, config, workdir: str, stop=None) -> dict | None:
     """Train `config` in `workdir`, resuming from the engine's newest checkpoint; returns the final
-    eval result.
+    eval result. The workdir belongs to this run while it trains (mobilenets_core.workdir).
 
     `stop(step) -> bool`, checked after every step, ends the run early with a checkpoint at that
     step (returns None); a later call resumes there, at the same data position. SIGTERM and
     SIGINT do the same."""
-    with StopOnSignal() as signals:
-        return _Run(engine, config, workdir,
-                    lambda step: signals.signal is not None or (stop is not None and stop(step))).train()
+    with StopOnSignal() as signals, contextlib.ExitStack() as held:
+        return _Run(engine, config, workdir, lambda step: signals.signal is not None or (
+            stop is not None and stop(step)), held).train()
 
 
 class _Run:
-    def __init__(self, engine: Engine, config, workdir: str, stop):
-        self.engine, self.config, self.workdir, self.stop = engine, config, workdir, stop
+    def __init__(self, engine: Engine, config, workdir: str, stop, held: contextlib.ExitStack):
+        self.engine, self.config, self.workdir, self.stop, self.held = engine, config, workdir, stop, held
         self.lead = engine.process_index == 0
         self.say = print if self.lead else (lambda *a, **k: None)
         self.batch = int(config.train.batch_size)
@@ -218,19 +220,32 @@ class _Run:
         epochs = int(config.train.epochs)
         self.lr = schedules.lr_table(config, spe)
 
-        # Whatever can refuse the run (a checkpoint of another model, data or training state, one that
-        # cannot be read, unreadable init.weights) is decided before the first write to the workdir.
+        # Whatever can refuse the run (another live run, another engine's run, a checkpoint of another
+        # model, data, recipe or training state, one that cannot be read, unreadable init.weights) is
+        # decided before the first write to the workdir.
+        workdir_lib.allowed_changes(config)
         latest = engine.latest_step()
-        if latest is not None:
-            meta = engine.checkpoint_meta(latest)
-            resume_checks.check_same_model(engine.checkpoint_dir, latest, meta, ModelInfo.from_config(config.model))
-            resume_checks.check_same_data(engine.checkpoint_dir, latest, meta, self.train_ds)
-            config.model.bn_eps = ModelInfo.of_checkpoint(meta, config.model).bn_eps  # imported weights' epsilon
-        step = engine.start(spe, latest, say)
+        try:
+            workdir_lib.check_engine(self.workdir, engine.name, latest is not None)
+            run = {"recipe": workdir_lib.recipe(config)}
+            if latest is not None:
+                meta = engine.checkpoint_meta(latest)
+                resume_checks.check_same_model(engine.checkpoint_dir, latest, meta,
+                                               ModelInfo.from_config(config.model))
+                resume_checks.check_same_data(engine.checkpoint_dir, latest, meta, self.train_ds)
+                run = workdir_lib.check_recipe(self.workdir, config, latest, say)
+                config.model.bn_eps = ModelInfo.of_checkpoint(meta, config.model).bn_eps  # imported weights' eps
+            if self.lead:
+                self.held.enter_context(workdir_lib.training_lock(self.workdir))
+            step = engine.start(spe, latest, say)
+        except BaseException:
+            engine.close()  # an open checkpoint store (Orbax's threads) would fail loudly at exit
+            raise
         if latest is not None:
             say(f"resumed from {engine.checkpoint_name(latest)} (step {latest}, epoch {meta.get('epoch')})")
         self.writer = metrics_lib.MetricsWriter(self.workdir, enabled=self.lead)
         if self.lead:
+            workdir_lib.write_run(self.workdir, engine.name, run)
             self._start_records(step)
         say(f"training {config.model.name} width {config.model.width} on {self.train_ds.name} "
             f"({self.train_ds.num_examples} train / {self.val_ds.num_examples} validation images) for {epochs} "
@@ -369,6 +384,12 @@ def inference_step(engine: Engine, config) -> int | None:
     steps = engine.complete_steps()
     step = config.eval.checkpoint if config.eval.checkpoint is not None else (steps[-1] if steps else None)
     if step is None and not config.init.weights:
+        workdir = os.path.dirname(engine.checkpoint_dir)
+        owner = workdir_lib.owner_engine(workdir)
+        if owner is not None and owner != engine.name:
+            raise ConfigError(f"no checkpoint in {engine.checkpoint_dir}: {workdir} holds a {owner} run; add "
+                              f"--backend={owner}, or read its weights with this engine: "
+                              f"--config.init.weights={workdir}")
         raise ConfigError(f"no checkpoint in {engine.checkpoint_dir}; train first (--mode=train --backend="
                           f"{engine.name}), point --workdir at a training run, or name weights with "
                           f"--config.init.weights=FILE")

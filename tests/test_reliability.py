@@ -541,12 +541,19 @@ def test_a_workdir_of_another_model_or_training_state_is_refused_untouched(data,
         train.train_and_evaluate(reliability_config(data, {"model.width": 0.5}), workdir)
     with pytest.raises(ConfigError, match=r"model.num_classes=4; this config has model.num_classes=5"):
         train.evaluate(reliability_config(data, {"model.num_classes": 5}), workdir)
+    with pytest.raises(ConfigError, match=rf"^{workdir} resumes from step 12 of a run with another recipe: "
+                                          r"optimizer.name 'momentum' -> 'adamw'\. Use the run's values, another "
+                                          r"--workdir, or accept the change on purpose with "
+                                          r"--config.resume.allow=optimizer.name$"):
+        train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw"}), workdir)
+    # accepted on purpose, the change still cannot load the momentum run's training state
     with pytest.raises(ConfigError, match=r"checkpoint step 12 in .* \(name=mobilenet_v1 width=0.25 groups=None "
                                           r"num_classes=4\) does not fit this config's training state: \d+ missing "
                                           r"\(first: opt_state/.*\); \d+ unexpected \(first: opt_state/"):
-        train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw"}), workdir)
+        train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw",
+                                                           "resume.allow": "optimizer.name"}), workdir)
     with pytest.raises(ConfigError, match=r"\d+ missing \(first: ema_params/"):
-        train.train_and_evaluate(reliability_config(data, {"ema.decay": 0.9}), workdir)
+        train.train_and_evaluate(reliability_config(data, {"ema.decay": 0.9, "resume.allow": "ema.decay"}), workdir)
     assert snapshot(workdir) == before
 
 
@@ -618,12 +625,16 @@ def test_ms_a_checkpoint_of_another_model_or_training_state_is_refused_untouched
         ms_train.train_and_evaluate(reliability_config(data, {"model.width": 0.5}), workdir)
     with pytest.raises(ConfigError, match=r"of model.num_classes=4; this config has model.num_classes=5"):
         ms_train.evaluate(reliability_config(data, {"model.num_classes": 5}), workdir)
+    with pytest.raises(ConfigError, match=rf"^{workdir} resumes from step 12 of a run with another recipe: "
+                                          r"optimizer.name 'momentum' -> 'adamw'\. "):
+        ms_train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw"}), workdir)
     with pytest.raises(ConfigError, match=rf"^checkpoint step 12 in {directory} does not fit mobilenet_v1 width=0.25 "
                                           r"groups=None num_classes=4 optimizer=adamw ema.decay=0.0: missing "
                                           r"\['adam_m\..*use the config it was trained with, or another --workdir$"):
-        ms_train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw"}), workdir)
+        ms_train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw",
+                                                              "resume.allow": "optimizer.name"}), workdir)
     with pytest.raises(ConfigError, match=r"ema.decay=0.9: missing \['ema\."):
-        ms_train.train_and_evaluate(reliability_config(data, {"ema.decay": 0.9}), workdir)
+        ms_train.train_and_evaluate(reliability_config(data, {"ema.decay": 0.9, "resume.allow": "ema.decay"}), workdir)
     other_classes = str(_digit_folder(tmp_path / "other_data", per_class=8, classes=("0", "1", "2", "3")))
     with pytest.raises(ConfigError, match=rf"^checkpoint step 12 in {directory} was trained on 'folder' with classes "
                                           r"\['digit_0', 'digit_1', 'digit_2', 'digit_3'\]; this config's dataset "

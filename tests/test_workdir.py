@@ -1,0 +1,138 @@
+"""A workdir belongs to one run: one live training process, one engine, one recipe (mobilenets_core.workdir).
+
+Driven through the core loop with tests/test_loop.py's fake engine (no compilation), and through
+the CLI for two real processes on one workdir."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mobilenets_core import loop
+from mobilenets_core import metrics as metrics_lib
+from mobilenets_core.config_check import ConfigError
+from tests.test_loop import FakeEngine, config_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SavedEngine(FakeEngine):
+    """A fake engine whose checkpoints outlive it, as files do: a second engine resumes the first's."""
+
+    def __init__(self, saved=None, name="fake", **kw):
+        super().__init__(**kw)
+        self.name = name
+        self.saved = saved if saved is not None else []
+
+
+def files_of(directory) -> dict:
+    return {p: open(os.path.join(directory, p), "rb").read() for p in sorted(os.listdir(directory))
+            if os.path.isfile(os.path.join(directory, p))}
+
+
+def test_run_json_records_the_engine_recipe_and_process(tmp_path):
+    loop.train_and_evaluate(FakeEngine(), config_for(**{"train.epochs": 1}), str(tmp_path))
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["engine"] == "fake" and run["process"]["pid"] == os.getpid()
+    assert run["recipe"]["train.epochs"] == 1 and run["recipe"]["optimizer.learning_rate"] == 0.05
+    assert run["recipe"]["train.batch_size"] == config_for().train.batch_size
+
+
+@pytest.mark.parametrize("field,value,shown", [("train.epochs", 3, "train.epochs 2 -> 3"),
+                                               ("optimizer.learning_rate", 0.5, "optimizer.learning_rate 0.05 -> 0.5"),
+                                               ("train.batch_size", 64, "train.batch_size 128 -> 64"),
+                                               ("dataset.image_size", 40, "dataset.image_size 32 -> 40")])
+def test_a_changed_recipe_is_refused_on_resume_listing_old_and_new(tmp_path, field, value, shown):
+    saved = []
+    loop.train_and_evaluate(SavedEngine(saved), config_for(), str(tmp_path), stop=lambda step: step == 5)
+    before = files_of(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path} resumes from step 5 of a run with another recipe: {shown}\. "
+                                          rf"Use the run's values, another --workdir, or accept the change on "
+                                          rf"purpose with --config.resume.allow={field}$"):
+        loop.train_and_evaluate(SavedEngine(saved), config_for(**{field: value}), str(tmp_path))
+    assert files_of(tmp_path) == before
+
+
+def test_an_allowed_change_is_said_applied_and_recorded(tmp_path, capsys):
+    saved = []
+    loop.train_and_evaluate(SavedEngine(saved), config_for(), str(tmp_path), stop=lambda step: step == 5)
+    engine = SavedEngine(saved)
+    loop.train_and_evaluate(engine, config_for(**{"train.epochs": 3, "resume.allow": "train.epochs"}), str(tmp_path))
+    assert "resume.allow: train.epochs 2 -> 3 from step 5 on" in capsys.readouterr().out
+    assert engine.applied[-1] == 33  # 3 epochs of 11 steps
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["recipe"]["train.epochs"] == 3
+    assert run["changes"] == [{"step": 5, "field": "train.epochs", "old": 2, "new": 3}]
+
+
+def test_resume_allow_names_only_recipe_fields(tmp_path):
+    with pytest.raises(ConfigError, match=r"^resume.allow='train.epochs,eval.batch_size': eval.batch_size is not a "
+                                          r"field a resume can change; the fields: "):
+        loop.train_and_evaluate(FakeEngine(), config_for(**{"resume.allow": "train.epochs,eval.batch_size"}),
+                                str(tmp_path))
+    assert not tmp_path.joinpath("run.json").exists()
+
+
+def test_the_other_engine_is_refused_on_a_workdir_it_does_not_own(tmp_path):
+    saved = []
+    loop.train_and_evaluate(SavedEngine(saved, name="jax"), config_for(**{"train.epochs": 1}), str(tmp_path))
+    before = files_of(tmp_path)
+    rows = metrics_lib.read_metrics(str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"^{tmp_path} holds a jax run; --backend=mindspore would start another "
+                                          rf"run beside it\. Resume it with --backend=jax, or start this one in "
+                                          rf"another --workdir \(its weights load with "
+                                          rf"--config.init.weights={tmp_path}\)$"):
+        loop.train_and_evaluate(SavedEngine([], name="mindspore"), config_for(**{"train.epochs": 1}), str(tmp_path))
+    assert files_of(tmp_path) == before and metrics_lib.read_metrics(str(tmp_path)) == rows
+
+
+def test_eval_on_the_other_engines_workdir_points_at_it(tmp_path):
+    (tmp_path / "ms_checkpoints").mkdir()
+    (tmp_path / "ms_checkpoints" / "ckpt_4.ckpt").write_bytes(b"x")
+    engine = SavedEngine([], name="jax")
+    engine.checkpoint_dir = str(tmp_path / "checkpoints")
+    with pytest.raises(ConfigError, match=rf"^no checkpoint in {tmp_path}/checkpoints: {tmp_path} holds a mindspore "
+                                          rf"run; add --backend=mindspore, or read its weights with this engine: "
+                                          rf"--config.init.weights={tmp_path}$"):
+        loop.inference_step(engine, config_for())
+
+
+def test_a_workdir_held_by_a_live_run_is_refused_naming_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from mobilenets_core import workdir\n"
+        f"workdir.write_run({str(tmp_path)!r}, 'jax', {{}})\n"
+        f"with workdir.training_lock({str(tmp_path)!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"^{tmp_path} is in use by a training run \(pid {holder.pid} on "
+                                              rf"\S+\); wait for it to end, or use another --workdir$"):
+            loop.train_and_evaluate(SavedEngine([], name="jax"), config_for(**{"train.epochs": 1}), str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    # the holder died without letting go: its lock went with it
+    loop.train_and_evaluate(SavedEngine([], name="jax"), config_for(**{"train.epochs": 1}), str(tmp_path))
+    assert json.loads((tmp_path / "run.json").read_text())["process"]["pid"] == os.getpid()
+
+
+@pytest.mark.slow
+def test_two_training_processes_on_one_workdir_exactly_one_trains(tmp_path):
+    command = [sys.executable, "main.py", "--config=configs/mnv3_small.py", f"--workdir={tmp_path}",
+               "--config.dataset.name=digits", "--config.model.width=0.5", "--config.dataset.image_size=32",
+               "--config.train.epochs=1", "--config.train.batch_size=128", "--config.train.log_every_steps=1"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(2)]
+    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, [r[2][-500:] for r in results]
+    refused = next(err for code, _, err in results if code != 0)
+    assert f"{tmp_path} is in use by a training run (pid " in refused and "Traceback" not in refused
+    keys = [(r["step"], r["split"]) for r in metrics_lib.read_metrics(str(tmp_path))]
+    assert len(keys) == len(set(keys)) and [k for k in keys if k[1] == "eval"] == [keys[-1]]
