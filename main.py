@@ -35,12 +35,22 @@ flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
 
-def load_recipe(config_arg: str):
-    """The recipe's config without overrides ('configs/mnv1.py:cifar10' passes 'cifar10')."""
-    path, _, arg = config_arg.partition(":")
+def recipe_module(config_arg: str):
+    """The recipe file of --config as a module; exits with one line if it defines no get_config."""
+    path = config_arg.partition(":")[0]
     spec = importlib.util.spec_from_file_location("recipe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        sys.exit(f"error: --config={config_arg}: {path} defines no get_config(); a recipe returns its "
+                 f"ConfigDict from get_config(arg=None), as configs/mnv3_small.py does")
+    return module
+
+
+def load_recipe(config_arg: str):
+    """The recipe's config without overrides ('configs/mnv1.py:cifar10' passes 'cifar10')."""
+    arg = config_arg.partition(":")[2]
+    module = recipe_module(config_arg)
     return module.get_config(arg) if arg else module.get_config()
 
 
@@ -51,6 +61,8 @@ def parse_flags(argv):
         recipes = sorted(f"configs/{f}" for f in os.listdir(os.path.join(os.path.dirname(__file__), "configs"))
                          if f.endswith(".py") and f not in ("__init__.py", "base.py"))
         sys.exit(f"error: --config={config_arg}: no such recipe file; recipes: {', '.join(recipes)}")
+    if config_arg is not None:
+        recipe_module(config_arg)
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:
@@ -125,6 +137,9 @@ def main(argv):
         except (config_check.ConfigError, failures.RunError) as e:
             sys.exit(f"error: {e}")
         return
+    if FLAGS.workdir and os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+        sys.exit(f"error: --workdir={FLAGS.workdir} is a file, not a directory; name a directory (it is made if "
+                 f"need be)")
     if not FLAGS.workdir and FLAGS.mode != "bench":
         sys.exit(f"error: --mode={FLAGS.mode} needs --workdir=DIR (checkpoints, metrics.jsonl and logs go there)")
     function = engine_function(FLAGS.backend, FLAGS.mode)

@@ -7,6 +7,12 @@ import ml_collections
 from ml_collections import config_dict
 
 
+def no_argument(recipe: str, arg) -> None:
+    """For a recipe without variants: `--config=configs/<recipe>.py:<arg>` is refused, not ignored."""
+    if arg:
+        raise ValueError(f"{recipe} has no variants (got {arg!r}); use --config=configs/{recipe}.py")
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
@@ -70,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256  # global; the last batch is padded and masked, never dropped
     config.eval.every_epochs = 1  # evaluate the validation split every this many epochs (and at the end)
     config.eval.checkpoint = config_dict.placeholder(int)  # --mode=eval: this step instead of the newest
+    config.eval.image_size = config_dict.placeholder(int)  # eval/predict/export: the checkpoint's when unset
 
     config.predict = ml_collections.ConfigDict()
     config.predict.inputs = config_dict.placeholder(str)  # an image, a directory or a glob

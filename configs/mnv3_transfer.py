@@ -12,7 +12,7 @@ from configs import base
 
 
 def get_config(arg=None):
-    del arg
+    base.no_argument("mnv3_transfer", arg)
     config = base.get_config()
     config.model.name = "mobilenet_v3_large"
     config.model.num_classes = 2

@@ -7,7 +7,7 @@ from configs import base
 
 
 def get_config(arg=None):
-    del arg
+    base.no_argument("shufflenet_v1", arg)
     config = base.get_config()
     config.model.name = "shufflenet_v1"
     config.model.width = 2.0

@@ -62,6 +62,9 @@ def check_model(model_cfg) -> None:
         value = model_cfg[key]
         if not low <= value < high:
             raise ConfigError(f"model.{key}={value} must be in [{low}, {high})")
+    if model_cfg.num_classes < 2:
+        raise ConfigError(f"model.num_classes={model_cfg.num_classes} must be at least 2 (a classifier of one "
+                          f"class learns nothing)")
     if model_cfg.bn_eps <= 0:
         raise ConfigError(f"model.bn_eps={model_cfg.bn_eps} must be positive (1e-5 timm/MindSpore, 1e-3 TF)")
 
@@ -94,8 +97,9 @@ def _get(config, key):
 def check(config) -> None:
     """Every check that can run before any work starts."""
     check_model(config.model)
-    if config.dataset.image_size < 32:
-        raise ConfigError(f"dataset.image_size={config.dataset.image_size} is too small; use 32 or more")
+    for key in ("dataset.image_size", "eval.image_size"):
+        if _get(config, key) is not None and _get(config, key) < 32:
+            raise ConfigError(f"{key}={_get(config, key)} is too small; use 32 or more")
     for key, choices in CHOICES.items():
         if _get(config, key) is not None and _get(config, key) not in choices:
             raise ConfigError(f"{key}={_get(config, key)!r} is not one of: {', '.join(map(repr, choices))}")

@@ -10,6 +10,7 @@ import json
 import os
 
 from mobilenets_core import atomic_files
+from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD
 from mobilenets_core.weights import ModelInfo
 
@@ -25,6 +26,15 @@ def class_names(workdir: str, meta: dict) -> list | None:
         with open(path) as f:
             return list(json.load(f).get("class_names") or []) or None
     return None
+
+
+def output_dir(workdir: str) -> str:
+    """WORKDIR/export, made if need be; ConfigError when something that is no directory is in the way."""
+    out_dir = os.path.join(workdir, "export")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"{out_dir} is a file; move it away so that --mode=export can write its directory there")
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir
 
 
 def weights_source(config, step: int | None, checkpoint_path: str) -> dict:

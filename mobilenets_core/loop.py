@@ -149,8 +149,15 @@ def on_device(put: Callable, host_batches: Iterable, ahead: int = AHEAD, wait: I
 
 
 def datasets(config, engine: Engine):
+    """(train, validation) for this process; ConfigError when the classifier cannot hold their classes."""
     kw = dict(process_index=int(engine.process_index), process_count=int(engine.process_count))
-    return build_dataset(config, "train", **kw), build_dataset(config, "validation", **kw)
+    train_ds = build_dataset(config, "train", **kw)
+    classes, heads = len(train_ds.class_names), int(config.model.num_classes)
+    if classes > heads:
+        raise ConfigError(f"dataset {train_ds.name!r} has {classes} classes ({', '.join(train_ds.class_names[:5])}"
+                          f"{', ...' if classes > 5 else ''}); model.num_classes={heads} cannot hold them: set "
+                          f"model.num_classes={classes}")
+    return train_ds, build_dataset(config, "validation", **kw)
 
 
 def checkpoint_meta(config, engine: Engine, train_ds, epoch: int) -> dict:
@@ -404,8 +411,16 @@ def load_for_inference(engine: Engine, config) -> tuple[int | None, dict]:
     of another network is refused by its meta first."""
     step = inference_step(engine, config)
     if step is not None:
-        resume_checks.check_same_model(engine.checkpoint_dir, step, engine.checkpoint_meta(step),
-                                       ModelInfo.from_config(config.model))
+        meta = engine.checkpoint_meta(step)
+        resume_checks.check_same_model(engine.checkpoint_dir, step, meta, ModelInfo.from_config(config.model))
+        size = int(config.eval.image_size or meta.get("image_size") or config.dataset.image_size)
+        if size != int(config.dataset.image_size):  # images as the checkpoint saw them, unless told otherwise
+            if engine.process_index == 0:
+                print(f"images at {size} px: " + ("eval.image_size" if config.eval.image_size else
+                                                  f"the size checkpoint {step} was trained at (set "
+                                                  f"eval.image_size for another)")
+                      + f", not dataset.image_size={config.dataset.image_size}")
+            config.dataset.image_size = size
     return step, engine.load_for_inference(step)
 
 
@@ -431,7 +446,8 @@ def predict(engine: Engine, config, workdir: str) -> list:
     """--mode=predict: top-k classes of predict.inputs with what --mode=eval would evaluate."""
     from mobilenets_core import predict as predict_lib
 
-    predict_lib.collect_inputs(config.predict.inputs)  # a bad input spec fails before any work
+    predict_lib.collect_inputs(config.predict.inputs)  # a bad input or output fails before any work
+    predict_lib.check_output(config.predict.output)
     load_for_inference(engine, config)
     return predict_lib.run(config, workdir, engine.logits_fn())
 

@@ -77,7 +77,8 @@ def read_metrics(workdir: str) -> list:
 
 
 def _read_records(path: str) -> tuple:
-    """(records, number of lines that are not JSON objects: a line cut short by a kill mid-write)."""
+    """(records, number of lines that are not JSON objects: a line cut short by a kill mid-write, or
+    anything else that is no record)."""
     if not os.path.exists(path):
         return [], 0
     records, broken = [], 0
@@ -86,8 +87,12 @@ def _read_records(path: str) -> tuple:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
                 broken += 1
     return records, broken
 

@@ -21,6 +21,13 @@ from mobilenets_core.data.sources import IMAGE_EXTENSIONS
 BATCH = 32
 
 
+def check_output(path: str | None) -> None:
+    """predict.output's directory must exist: found out before the work, not after it."""
+    parent = os.path.dirname(os.path.abspath(path)) if path else None
+    if parent and not os.path.isdir(parent):
+        raise ConfigError(f"predict.output={path!r}: the directory {parent} does not exist; create it first")
+
+
 def collect_inputs(spec: str | None) -> list:
     """Image files named by a file, a directory (searched recursively) or a glob pattern, sorted."""
     if not spec:

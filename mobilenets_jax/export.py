@@ -202,9 +202,8 @@ def export(config, workdir: str) -> dict:
     formats = requested_formats(config)
     workdir = os.path.abspath(workdir)
     module, variables, step, meta = restore_inference_model(config, workdir)
-    size = int(meta.get("image_size", config.dataset.image_size))
-    out_dir = os.path.join(workdir, "export")
-    os.makedirs(out_dir, exist_ok=True)
+    size = int(config.dataset.image_size)  # the checkpoint's, or eval.image_size (loop.load_for_inference)
+    out_dir = export_description.output_dir(workdir)
     paths, artefacts = {}, []
     num_classes = int(config.model.num_classes)
 

@@ -71,10 +71,9 @@ def export(config, workdir: str) -> dict:
     trainer = engine.trainer
     net = trainer.inference_net()  # init.weights: their EMA starts at them
     source = export_description.weights_source(config, step, engine.checkpoint_name(step) if step is not None else "")
-    size = int(meta.get("image_size", config.dataset.image_size))
+    size = int(config.dataset.image_size)  # the checkpoint's, or eval.image_size (loop.load_for_inference)
     num_classes = int(trainer.num_classes)
-    out_dir = os.path.join(workdir, "export")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = export_description.output_dir(workdir)
     if "air" in formats and device != "Ascend":
         formats = tuple(f for f in formats if f != "air")
         print(f"air: skipped, MindSpore writes AIR only on Ascend (this run is on {device})")

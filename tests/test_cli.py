@@ -104,3 +104,39 @@ def test_eval_without_a_checkpoint_says_what_to_do(tmp_path):
                       "--mode=eval")
     assert result.returncode != 0
     assert f"error: no checkpoint in {tmp_path}/checkpoints; train first" in result.stderr
+
+
+def test_recipe_workdir_and_output_mistakes_are_one_line_and_write_nothing(tmp_path):
+    (tmp_path / "norecipe.py").write_text("x = 1\n")
+    (tmp_path / "afile").write_text("")
+    weights = str(tmp_path / "w.safetensors")
+    from mobilenets_core import specs
+    from mobilenets_core.weights import ModelInfo, save
+    from tests.helpers import random_canonical_state
+    info = ModelInfo("mobilenet_v3_small", 1.0, None, 10, 1e-5)
+    save(weights, random_canonical_state(specs.build_architecture(info.name, 1.0, None, 10)), info)
+    convert = ["--config=configs/mnv3_small.py", "--mode=convert", f"--config.init.weights={weights}"]
+    cases = [
+        ([f"--config={tmp_path}/norecipe.py", "--mode=summary"],
+         f"error: --config={tmp_path}/norecipe.py: {tmp_path}/norecipe.py defines no get_config(); a recipe returns "
+         f"its ConfigDict from get_config(arg=None)"),
+        (["--config=configs/mnv3_small.py:nope", "--mode=summary"],
+         "error: --config=configs/mnv3_small.py:nope: ValueError: mnv3_small has no variants (got 'nope'); use "
+         "--config=configs/mnv3_small.py"),
+        (["--config=configs/mnv3_small.py", "--mode=eval", f"--workdir={tmp_path}/afile"],
+         f"error: --workdir={tmp_path}/afile is a file, not a directory"),
+        (convert + [f"--config.convert.output={tmp_path}/model.pth"],
+         f"error: convert.output='{tmp_path}/model.pth': .pth is not a format written here; name a .safetensors"),
+        (convert + [f"--config.convert.output={tmp_path}/absent/model.ckpt"],
+         f"error: convert.output='{tmp_path}/absent/model.ckpt': the directory {tmp_path}/absent does not exist; "
+         f"create it first"),
+        (["--config=configs/mnv3_small.py", "--mode=summary", "--config.model.num_classes=1"],
+         "error: model.num_classes=1 must be at least 2"),
+        (["--config=configs/mnv3_small.py", "--mode=summary", "--config.eval.image_size=16"],
+         "error: eval.image_size=16 is too small; use 32 or more"),
+    ]
+    for args, message in cases:
+        result = run_main(*args)
+        assert result.returncode != 0 and result.stderr.strip().splitlines() == [result.stderr.strip()], args
+        assert result.stderr.startswith(message), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "norecipe.py", "w.safetensors"]

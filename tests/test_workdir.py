@@ -136,3 +136,55 @@ def test_two_training_processes_on_one_workdir_exactly_one_trains(tmp_path):
     assert f"{tmp_path} is in use by a training run (pid " in refused and "Traceback" not in refused
     keys = [(r["step"], r["split"]) for r in metrics_lib.read_metrics(str(tmp_path))]
     assert len(keys) == len(set(keys)) and [k for k in keys if k[1] == "eval"] == [keys[-1]]
+
+
+class EvaluatedEngine(SavedEngine):
+    def load_for_inference(self, step):
+        return dict(self.saved)[step]
+
+
+def test_eval_uses_the_checkpoints_image_size_unless_told_and_says_so(tmp_path, capsys):
+    saved = []
+    loop.train_and_evaluate(SavedEngine(saved), config_for(**{"train.epochs": 1}), str(tmp_path))
+    config = config_for(**{"dataset.image_size": 40})
+    loop.evaluate(EvaluatedEngine(saved), config, str(tmp_path))
+    assert config.dataset.image_size == 32
+    assert ("images at 32 px: the size checkpoint 11 was trained at (set eval.image_size for another), not "
+            "dataset.image_size=40") in capsys.readouterr().out
+    config = config_for(**{"dataset.image_size": 40, "eval.image_size": 48})
+    loop.evaluate(EvaluatedEngine(saved), config, str(tmp_path))
+    assert config.dataset.image_size == 48
+    assert "images at 48 px: eval.image_size, not dataset.image_size=40" in capsys.readouterr().out
+
+
+def test_a_metrics_line_that_is_no_record_is_dropped_not_fatal(tmp_path, capsys):
+    saved = []
+    loop.train_and_evaluate(SavedEngine(saved), config_for(), str(tmp_path), stop=lambda step: step == 5)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write("42\n")
+    loop.train_and_evaluate(SavedEngine(saved), config_for(), str(tmp_path))
+    assert "metrics.jsonl: dropped 1 line(s) written after step 5" in capsys.readouterr().out
+    assert all(isinstance(r, dict) for r in metrics_lib.read_metrics(str(tmp_path)))
+
+
+def test_a_classifier_that_cannot_hold_the_classes_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^dataset 'digits' has 10 classes \(0, 1, 2, 3, 4, \.\.\.\); "
+                                          r"model.num_classes=5 cannot hold them: set model.num_classes=10$"):
+        loop.train_and_evaluate(FakeEngine(), config_for(**{"model.num_classes": 5}), str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_in_the_way_or_in_no_directory_are_refused_before_work(tmp_path):
+    from PIL import Image
+
+    from mobilenets_core import export_description
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat.png")
+    config = config_for(**{"predict.inputs": str(tmp_path / "cat.png"),
+                           "predict.output": str(tmp_path / "absent" / "p.jsonl")})
+    with pytest.raises(ConfigError, match=rf"^predict.output='{tmp_path}/absent/p.jsonl': the directory "
+                                          rf"{tmp_path}/absent does not exist; create it first$"):
+        loop.predict(EvaluatedEngine([]), config, str(tmp_path))
+    (tmp_path / "export").write_text("")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/export is a file; move it away"):
+        export_description.output_dir(str(tmp_path))

@@ -28,7 +28,15 @@ def output_format(config) -> str:
     out = config.convert.output
     if not out:
         raise ConfigError("--mode=convert needs --config.convert.output=PATH (.safetensors, .ckpt or a directory)")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"convert.output={out!r}: the directory {parent} does not exist; create it first")
     if not fmt:
+        extension = os.path.splitext(out)[1] if not os.path.isdir(out) else ""
+        if extension not in ("", ".safetensors", ".ckpt"):
+            raise ConfigError(f"convert.output={out!r}: {extension} is not a format written here; name a "
+                              f".safetensors file (canonical; convert.format=timm for timm's names), a .ckpt "
+                              f"(MindSpore) or a directory (a training workdir)")
         fmt = "canonical" if out.endswith(".safetensors") else "mindspore" if out.endswith(".ckpt") else "workdir"
     if fmt not in FORMATS:
         raise ConfigError(f"convert.format={fmt!r} is not one of: {', '.join(FORMATS)}")
