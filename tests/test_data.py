@@ -1,6 +1,7 @@
 """Input pipeline: sources, determinism across hosts and resumption, eval coverage, preprocessing."""
 import collections
 import io
+import os
 import subprocess
 import sys
 
@@ -407,3 +408,34 @@ def test_tfds_prepared_dataset_in_blocks(tiny_tfds_dir, monkeypatch):
     val_ids = np.concatenate([_identity(b)[b["mask"]] for b in batches])
     assert sorted(val_ids) == list(range(100, 140))
     np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]), val_ids % 10)
+
+
+def test_images_in_sub_folders_of_a_class_are_read_and_counted(tmp_path):
+    from PIL import Image
+
+    from mobilenets_core.data.sources import FolderSource
+
+    for split in ("train", "validation"):
+        for relative in ("cat/1.png", "cat/indoor/2.png", "cat/indoor/deeper/3.png", "dog/4.png"):
+            path = tmp_path / split / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 40)).save(path)
+    (tmp_path / "train" / "dog" / "loop").symlink_to(tmp_path / "train" / "dog")  # never followed
+    source = FolderSource(str(tmp_path), "train")
+    paths, labels = source.read(np.arange(4))
+    assert [os.path.relpath(p, tmp_path / "train") for p in paths] == [
+        "cat/1.png", "cat/indoor/2.png", "cat/indoor/deeper/3.png", "dog/4.png"]
+    assert labels.tolist() == [0, 0, 0, 1] and source.num_examples == 4
+
+
+def test_one_tiny_image_does_not_decide_the_preprocessing_policy(tmp_path):
+    from mobilenets_core.data.preprocess import SMALL_IMAGE_MAX_SIDE
+    from mobilenets_core.data.sources import FolderSource
+
+    side = SMALL_IMAGE_MAX_SIDE + 32
+    for split in ("train", "validation"):
+        for name, size in (("0.png", 1), ("1.png", side), ("2.png", side), ("3.png", side)):
+            path = tmp_path / split / "cat" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (size, size)).save(path)
+    assert FolderSource(str(tmp_path), "train").small_images is False  # the 1x1 icon sorts first

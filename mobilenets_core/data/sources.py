@@ -98,12 +98,23 @@ def folder_class_names(root: str) -> list:
     return _list_classes(train_dir) if os.path.isdir(train_dir) else []
 
 
+def _class_files(class_dir: str) -> list:
+    """Every file under a class folder, sub-folders included (as predict reads a directory), by
+    relative path; symbolic links to directories are not followed, so a link loop cannot hang."""
+    found = []
+    for root, dirs, files in os.walk(class_dir):
+        dirs.sort()
+        found.extend(os.path.relpath(os.path.join(root, f), class_dir) for f in files
+                     if os.path.isfile(os.path.join(root, f)))
+    return sorted(found)
+
+
 def _list_images(split_dir: str, class_names: list) -> tuple:
     """(paths, labels, {class: count of other files skipped}, [classes without images])."""
     paths, labels, skipped, empty = [], [], {}, []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(split_dir, name)
-        entries = sorted(e.name for e in os.scandir(class_dir) if e.is_file())
+        entries = _class_files(class_dir)
         files = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
         if len(files) < len(entries):
             skipped[name] = len(entries) - len(files)
@@ -114,13 +125,17 @@ def _list_images(split_dir: str, class_names: list) -> tuple:
     return paths, np.asarray(labels, dtype=np.int32), skipped, empty
 
 
-def _first_size(paths: list) -> tuple:
-    """(width, height) of the first decodable image among the first few (one bad file must not decide)."""
+def _typical_size(paths: list) -> tuple:
+    """(width, height) of the median image, by its longer side, among the first 32 decodable ones:
+    neither one bad file nor one odd size (a 1x1 icon among photos) decides the dataset's policy."""
+    sizes = []
     for path in paths[:32]:
         try:
-            return preprocess.open_image(path).size
+            sizes.append(preprocess.open_image(path).size)
         except (OSError, ValueError, SyntaxError, EOFError):
             continue
+    if sizes:
+        return sorted(sizes, key=max)[len(sizes) // 2]
     split_dir = os.path.dirname(os.path.dirname(paths[0]))
     raise ConfigError(f"none of the first {min(len(paths), 32)} images under {split_dir} can be decoded "
                       f"(first: {paths[0]}); is dataset.path a folder of images?")
@@ -163,11 +178,11 @@ class FolderSource(Source):
         if skipped:
             self.notes.append(f"{split_dirs[split]}: skipped {sum(skipped.values())} file(s) that are not "
                               f"{'/'.join(IMAGE_EXTENSIONS)} (in {sorted(skipped)[:10]})")
-        # the policy follows the source's image size, judged on the first decodable training image
+        # the policy follows the source's image size, judged on its typical training image
         train_paths = self._paths if split == "train" else _list_images(split_dirs["train"], class_names)[0]
         if not train_paths:
             raise ConfigError(f"{split_dirs['train']} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
-        width, height = _first_size(train_paths)
+        width, height = _typical_size(train_paths)
         super().__init__("folder", split, len(self._paths), class_names,
                          small_images=preprocess.is_small_image(height, width), flip=True)
 
