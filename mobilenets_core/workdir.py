@@ -74,9 +74,8 @@ def owner_engine(workdir: str) -> str | None:
     run = read_run(workdir)
     if run and run.get("engine"):
         return run["engine"]
-    held = [name for name, sub in (("jax", workdirs.JAX_DIRECTORY), ("mindspore", workdirs.MS_DIRECTORY))
-            if os.path.isdir(os.path.join(workdir, sub)) and os.listdir(os.path.join(workdir, sub))]
-    return held[0] if len(held) == 1 else None
+    held = workdirs.holding_checkpoints(workdir)
+    return workdirs.ENGINES[held[0]] if len(held) == 1 else None
 
 
 def check_engine(workdir: str, engine: str, has_checkpoints: bool) -> None:

@@ -22,6 +22,7 @@ JAX_DIRECTORY = "checkpoints"
 MS_DIRECTORY = "ms_checkpoints"
 MS_CHECKPOINT = re.compile(r"^ckpt_(\d+)\.ckpt$")
 KINDS = {JAX_DIRECTORY: "JAX workdir", MS_DIRECTORY: "MindSpore workdir"}
+ENGINES = {JAX_DIRECTORY: "jax", MS_DIRECTORY: "mindspore"}  # the --backend that writes each layout
 
 
 def orbax_item_handlers() -> dict:
@@ -44,10 +45,15 @@ def _jax_steps(directory: str) -> list:
     return sorted(int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
+def holding_checkpoints(path: str) -> list:
+    """The checkpoint directories (JAX_DIRECTORY, MS_DIRECTORY) of workdir `path` that hold a checkpoint."""
+    return [d for d, steps in ((JAX_DIRECTORY, _jax_steps), (MS_DIRECTORY, ms_steps))
+            if steps(os.path.join(path, d))]
+
+
 def kind(path: str, label: str = "init.weights") -> str:
     """"JAX workdir" or "MindSpore workdir": the engine whose checkpoints the directory holds."""
-    found = [d for d, steps in ((JAX_DIRECTORY, _jax_steps), (MS_DIRECTORY, ms_steps))
-             if steps(os.path.join(path, d))]
+    found = holding_checkpoints(path)
     if len(found) != 1:
         held = "checkpoints of both engines" if found else "no checkpoints/ or ms_checkpoints/ with a checkpoint"
         raise ConfigError(f"{label}={path!r} is a directory holding {held}; name a workdir of one engine, "
