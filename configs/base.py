@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data_dir
     config.dataset.path = config_dict.placeholder(str)  # root of train/<class>/ and validation/<class>/
     config.dataset.image_size = 224
+    config.dataset.max_image_pixels = 178_956_970  # larger images are skipped and counted, never decoded
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 256  # global batch, split over all devices

@@ -69,6 +69,8 @@ def check_model(model_cfg) -> None:
         raise ConfigError(f"model.bn_eps={model_cfg.bn_eps} must be positive (1e-5 timm/MindSpore, 1e-3 TF)")
 
 
+MAX_IMAGE_SIZE = 4096  # pixels a side; far above any recipe, far below what exhausts a host's memory
+
 CHOICES = {
     "optimizer.name": ("momentum", "rmsprop", "adamw"),
     "schedule.name": ("cosine", "linear", "poly", "exponential", "constant"),
@@ -79,7 +81,7 @@ CHOICES = {
     "model.conv_impl": ("auto", "fast", "xla"),  # mobilenets_jax.layers / mobilenets_ms.layers CONV_IMPLS
 }
 POSITIVE = ("bench.batch_size", "bench.steps", "bench.repeats", "train.batch_size", "train.epochs",
-            "train.log_every_steps", "eval.batch_size", "eval.every_epochs", "checkpoint.every_epochs",
+            "dataset.max_image_pixels", "train.log_every_steps", "eval.batch_size", "eval.every_epochs", "checkpoint.every_epochs",
             "checkpoint.keep", "predict.top_k", "mixed_precision.dynamic_window")
 NON_NEGATIVE = ("bench.warmup_steps", "optimizer.learning_rate", "optimizer.weight_decay", "optimizer.momentum", "optimizer.eps",
                 "schedule.warmup_epochs", "schedule.init_lr", "schedule.end_lr", "loss.label_smoothing",
@@ -98,8 +100,14 @@ def check(config) -> None:
     """Every check that can run before any work starts."""
     check_model(config.model)
     for key in ("dataset.image_size", "eval.image_size"):
-        if _get(config, key) is not None and _get(config, key) < 32:
-            raise ConfigError(f"{key}={_get(config, key)} is too small; use 32 or more")
+        size = _get(config, key)
+        if size is not None and size < 32:
+            raise ConfigError(f"{key}={size} is too small; use 32 or more")
+        if size is not None and size > MAX_IMAGE_SIZE:
+            batch = _get(config, "train.batch_size") or 1
+            raise ConfigError(f"{key}={size} is above {MAX_IMAGE_SIZE}, the largest accepted: one batch of "
+                              f"{batch} such images is {batch * size * size * 3 * 4 / 2**30:,.0f} GiB of input "
+                              f"alone (these networks train at 224-384, timm's largest is 512)")
     for key, choices in CHOICES.items():
         if _get(config, key) is not None and _get(config, key) not in choices:
             raise ConfigError(f"{key}={_get(config, key)!r} is not one of: {', '.join(map(repr, choices))}")

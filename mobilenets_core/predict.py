@@ -54,11 +54,12 @@ def class_names(workdir: str, num_classes: int) -> list:
     return [str(i) for i in range(num_classes)]
 
 
-def prepare(path: str, image_size: int) -> np.ndarray:
+def prepare(path: str, image_size: int, max_pixels: int = preprocess.MAX_IMAGE_PIXELS) -> np.ndarray:
     try:
         image = preprocess.open_image(path)
         small = preprocess.is_small_image(image.height, image.width)
-        return preprocess.normalize(preprocess.preprocess(path, size=image_size, train=False, small=small, flip=False))
+        return preprocess.normalize(preprocess.preprocess(path, size=image_size, train=False, small=small, flip=False,
+                                                          max_pixels=max_pixels))
     except preprocess.BadImage as e:
         reason = str(e)
     except (OSError, SyntaxError, EOFError, ValueError) as e:
@@ -81,7 +82,9 @@ def run(config, workdir: str, logits_fn) -> list:
     results = []
     for start in range(0, len(files), BATCH):
         chunk = files[start:start + BATCH]
-        batch = np.stack([prepare(f, int(config.dataset.image_size)) for f in chunk])
+        batch = np.stack([prepare(f, int(config.dataset.image_size),
+                                  config.dataset.get("max_image_pixels") or preprocess.MAX_IMAGE_PIXELS)
+                          for f in chunk])
         probs = softmax(np.asarray(logits_fn(batch), dtype=np.float64))
         for path, p in zip(chunk, probs):
             top = np.argsort(-p)[:k]

@@ -67,7 +67,7 @@ class Dataset:
     """One split of a source, as NumPy batches for one host."""
 
     def __init__(self, source: Source, *, image_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, max_pixels: int = preprocess.MAX_IMAGE_PIXELS):
         if not isinstance(process_count, int) or process_count < 1:
             raise ValueError(f"process_count={process_count!r} must be a positive integer")
         if not 0 <= process_index < process_count:
@@ -79,6 +79,7 @@ class Dataset:
         self.num_examples = source.num_examples
         self.num_classes, self.class_names = source.num_classes, list(source.class_names)
         self.image_size = image_size
+        self.max_pixels = int(max_pixels)
         self.seed = seed
         self.process_index, self.process_count = process_index, process_count
         self.decode_report = preprocess.DecodeReport()
@@ -151,7 +152,8 @@ class Dataset:
         self._source.begin_pass(order)
         pool = _decode_pool()
         preprocess_one = functools.partial(preprocess.preprocess, size=self.image_size, train=train,
-                                           small=self._source.small_images, flip=self._source.flip)
+                                           small=self._source.small_images, flip=self._source.flip,
+                                           max_pixels=self.max_pixels)
         report = self.decode_report
         placeholder = np.broadcast_to(np.round(preprocess.NORMALIZE_MEAN).astype(np.uint8),
                                       (self.image_size, self.image_size, 3))
@@ -162,7 +164,8 @@ class Dataset:
             try:
                 return preprocess_one(record, rng=rng, report=report)
             except preprocess.BadImage as e:
-                report.add_bad(preprocess.describe_record(record), str(e))
+                add = report.add_too_large if isinstance(e, preprocess.TooLarge) else report.add_bad
+                add(preprocess.describe_record(record), str(e))
                 bad_here.append((preprocess.describe_record(record), str(e)))  # list.append is atomic
                 return placeholder
 
@@ -230,4 +233,5 @@ def build_dataset(config, split: str, *, process_index: int = 0, process_count: 
 
         source = TfdsSource(name, data.get("data_dir"), split)
     return Dataset(source, image_size=data.image_size, seed=config.train.seed,
-                   process_index=process_index, process_count=process_count)
+                   process_index=process_index, process_count=process_count,
+                   max_pixels=data.get("max_image_pixels") or preprocess.MAX_IMAGE_PIXELS)

@@ -14,9 +14,11 @@ Resampling is PIL bilinear (antialiased when downscaling, as torchvision/timm's 
 
 Files as they come: every mode is converted to 8-bit RGB (grayscale, palette, RGBA and LA drop
 alpha, CMYK, 16-bit grayscale scaled by 1/257); a truncated JPEG or PNG decodes as far as its data
-goes (the rest gray, as PIL fills it); anything that cannot be decoded at all raises `BadImage`,
-which the dataset turns into a placeholder and counts (dataset.py). A `DecodeReport` passed in
-counts all of this for the log.
+goes (the rest gray, as PIL fills it); a photo's EXIF orientation is applied (a phone's portrait
+shot is read upright); anything that cannot be decoded at all raises `BadImage`, and an image of
+more than `max_pixels` (config dataset.max_image_pixels) raises `TooLarge` before it is decoded;
+the dataset turns either into a placeholder and counts it (dataset.py). A `DecodeReport` passed
+in counts all of this for the log.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import os
 import threading
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # ImageNet RGB statistics on the 0-255 scale (torchvision / timm / MindSpore model zoo).
 NORMALIZE_MEAN = np.array([0.485 * 255, 0.456 * 255, 0.406 * 255], dtype=np.float32)
@@ -41,10 +43,20 @@ SMALL_IMAGE_MAX_SIDE = 64  # sources whose images are smaller than this use the 
 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the crop is downscaled at least that much
 # anyway (PIL's `draft`); deterministic, and 2-4x faster on ImageNet-size JPEGs.
 JPEG_DRAFT = True
+# The most pixels an image may have to be decoded (dataset.max_image_pixels): the size at which PIL
+# itself refuses a file as a decompression bomb. PIL's own check is off (it warns half-way and
+# raises an error the user cannot tell from corruption); `_decode` applies this one, by name.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+Image.MAX_IMAGE_PIXELS = None
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8 = mirrored and/or rotated
 
 
 class BadImage(ValueError):
     """A record that is not a decodable image (not an image file, corrupt beyond its header, empty)."""
+
+
+class TooLarge(BadImage):
+    """A valid image with more pixels than may be decoded safely; skipped, never called corrupt."""
 
 
 class DecodeReport:
@@ -59,6 +71,8 @@ class DecodeReport:
             self.converted = collections.Counter()  # source mode -> images converted to RGB
             self.truncated = []  # descriptions of truncated files decoded partially
             self.bad = []  # (description, reason) of records replaced by a placeholder
+            self.too_large = []  # (description, "WxH") of images above the pixel limit, replaced likewise
+            self.rotated = 0  # images turned upright by their EXIF orientation
 
     def add_converted(self, mode: str) -> None:
         with self._lock:
@@ -72,6 +86,14 @@ class DecodeReport:
         with self._lock:
             self.bad.append((what, reason))
 
+    def add_too_large(self, what: str, reason: str) -> None:
+        with self._lock:
+            self.too_large.append((what, reason))
+
+    def add_rotated(self) -> None:
+        with self._lock:
+            self.rotated += 1
+
     def summary(self) -> str | None:
         """One line of everything counted since the last reset, or None if nothing happened."""
         with self._lock:
@@ -80,12 +102,18 @@ class DecodeReport:
                 what, reason = min(self.bad)
                 parts.append(f"{len(self.bad)} unreadable image(s) replaced by a gray placeholder (first: {what}: "
                              f"{reason})")
+            if self.too_large:
+                what, reason = min(self.too_large)
+                parts.append(f"{len(self.too_large)} image(s) too large to decode replaced by a gray placeholder "
+                             f"(first: {what}: {reason})")
             if self.truncated:
                 parts.append(f"{len(self.truncated)} truncated image(s) decoded partially "
                              f"(first: {min(self.truncated)})")
             if self.converted:
                 modes = ", ".join(f"{mode}: {n}" for mode, n in sorted(self.converted.items()))
                 parts.append(f"{sum(self.converted.values())} image(s) converted to 8-bit RGB ({modes})")
+            if self.rotated:
+                parts.append(f"{self.rotated} image(s) turned upright by their EXIF orientation")
             return "; ".join(parts) or None
 
 
@@ -161,8 +189,9 @@ def _looks_truncated(data: bytes) -> bool:
     return False
 
 
-def _decode(record, report: DecodeReport | None):
-    """(lazy PIL image, raw bytes or None), checked for a sane size; BadImage if it is no image."""
+def _decode(record, report: DecodeReport | None, max_pixels: int = MAX_IMAGE_PIXELS):
+    """The record as a PIL image (lazy unless it had to be loaded), upright; BadImage if it is no
+    image, TooLarge if it has more than `max_pixels`."""
     data = None
     if isinstance(record, (str, os.PathLike)):
         with open(record, "rb") as f:
@@ -176,8 +205,11 @@ def _decode(record, report: DecodeReport | None):
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise BadImage(f"not an image ({type(e).__name__}: {str(e)[:120]})") from None
     width, height = image.size
-    if width < 1 or height < 1 or width * height > (Image.MAX_IMAGE_PIXELS or 1 << 62):
+    if width < 1 or height < 1:
         raise BadImage(f"claims {width}x{height} pixels; a corrupt header")
+    if width * height > max_pixels:
+        raise TooLarge(f"{width}x{height} pixels, above dataset.max_image_pixels={max_pixels}; raise it to "
+                       f"train on such images")
     if data is not None and _looks_truncated(data):
         with _TRUNCATED_LOCK:
             previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
@@ -191,6 +223,13 @@ def _decode(record, report: DecodeReport | None):
             report.add_truncated(describe_record(record))
     if report is not None and image.mode != "RGB" and data is not None:
         report.add_converted(image.mode)
+    try:
+        if data is not None and image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+            image = ImageOps.exif_transpose(image)  # decodes the whole image: no reduced-scale draft for these
+            if report is not None:
+                report.add_rotated()
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage(f"corrupt image data ({type(e).__name__}: {str(e)[:120]})") from None
     return image
 
 
@@ -292,14 +331,15 @@ def small_eval(image: Image.Image, size: int) -> np.ndarray:
 
 
 def preprocess(record, *, size: int, train: bool, small: bool, flip: bool,
-               rng: np.random.Generator | None = None, report: DecodeReport | None = None) -> np.ndarray:
+               rng: np.random.Generator | None = None, report: DecodeReport | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one record and apply the policy; returns uint8 (size, size, 3).
 
     Raises BadImage if the record is not a decodable image; conversions and truncated files are
     counted in `report`."""
     if train and rng is None:
         raise ValueError("training preprocessing needs a per-example random generator")
-    image = _decode(record, report)
+    image = _decode(record, report, max_pixels)
     try:
         if train:
             out = small_train(image, size, rng, flip) if small else imagenet_train(image, size, rng, flip)
