@@ -112,7 +112,9 @@ def summary(config, backend: str) -> dict:
 def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # Orbax and TFDS log every file operation
+        # Orbax and TFDS log every file operation, and Orbax logs a failed read or write with its
+        # tracebacks beside the one `error:` line that reports it; --verbosity=0 shows them all.
+        logging.set_verbosity(logging.FATAL)
     config = _CONFIG.value
     explicit = {m.group(1) for a in sys.argv for m in [re.match(r"--config\.([\w.]+)", a)] if m}
     changed = base.apply_dataset_profile(config, explicit)

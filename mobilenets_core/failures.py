@@ -20,9 +20,17 @@ class CheckpointError(RunError):
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, what a one-line report quotes of a library's error."""
-    text = (str(error).strip().splitlines() or [""])[0]
+    """`Type: first line of the message`, what a one-line report quotes of a library's error, without
+    TensorStore's spec dumps. Orbax wraps TensorStore's reason ("Error reading <file>: ...") in an
+    error that only says "see full TensorStore details"; the reason is quoted instead."""
+    while _TENSORSTORE_WRAPPER in str(error) and error.__cause__ is not None:
+        error = error.__cause__
+    text = (str(error).strip().splitlines() or [""])[0].split(_TENSORSTORE_WRAPPER)[0]
+    text = text.split(" [tensorstore_spec=")[0]
     return f"{type(error).__name__}: {text[:limit]}"
+
+
+_TENSORSTORE_WRAPPER = " See full TensorStore details"
 
 
 def checkpoint_write_error(directory: str, step, error: BaseException, complete: list) -> CheckpointError:

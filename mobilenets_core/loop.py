@@ -31,7 +31,7 @@ from mobilenets_core import resume_checks, schedules
 from mobilenets_core import workdir as workdir_lib
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import build_dataset
-from mobilenets_core.failures import NonFiniteLoss
+from mobilenets_core.failures import NonFiniteLoss, RunError
 from mobilenets_core.loss_scale import LossScaleRule
 from mobilenets_core.preemption import StopOnSignal
 from mobilenets_core.weights import ModelInfo
@@ -108,6 +108,11 @@ class EngineCheckpoints:
 
     def checkpoint_meta(self, step: int) -> dict:
         return self.checkpoints.meta(step)
+
+    def abandon_saves(self) -> None:
+        """Remove the files of a save in flight (a second signal ends the process without waiting)."""
+        if "checkpoints" in self.__dict__:  # opened: a store never opened has nothing in flight
+            self.checkpoints.remove_interrupted_saves()
 
 
 # ----------------------------------------------------------------------------- input
@@ -206,7 +211,7 @@ def train_and_evaluate(engine: Engine, config, workdir: str, stop=None) -> dict 
     `stop(step) -> bool`, checked after every step, ends the run early with a checkpoint at that
     step (returns None); a later call resumes there, at the same data position. SIGTERM and
     SIGINT do the same."""
-    with StopOnSignal() as signals, contextlib.ExitStack() as held:
+    with StopOnSignal(getattr(engine, "abandon_saves", None)) as signals, contextlib.ExitStack() as held:
         return _Run(engine, config, workdir, lambda step: signals.signal is not None or (
             stop is not None and stop(step)), held).train()
 
@@ -231,8 +236,9 @@ class _Run:
         # model, data, recipe or training state, one that cannot be read, unreadable init.weights) is
         # decided before the first write to the workdir.
         workdir_lib.allowed_changes(config)
-        latest = engine.latest_step()
+        made = workdir_lib.check_writable(self.workdir)
         try:
+            latest = engine.latest_step()
             workdir_lib.check_engine(self.workdir, engine.name, latest is not None)
             run = {"recipe": workdir_lib.recipe(config)}
             if latest is not None:
@@ -247,6 +253,7 @@ class _Run:
             step = engine.start(spe, latest, say)
         except BaseException:
             engine.close()  # an open checkpoint store (Orbax's threads) would fail loudly at exit
+            workdir_lib.remove_if_empty(made)  # a refused run leaves the workdir as it found it
             raise
         if latest is not None:
             say(f"resumed from {engine.checkpoint_name(latest)} (step {latest}, epoch {meta.get('epoch')})")
@@ -433,12 +440,17 @@ def evaluate(engine: Engine, config, workdir: str) -> dict:
     result = evaluate_split(engine, val_ds)
     source = engine.checkpoint_name(step) if step is not None else config.init.weights
     if engine.process_index == 0:
-        os.makedirs(workdir, exist_ok=True)
-        metrics_lib.MetricsWriter(workdir, tensorboard=False).write(
-            {"step": step or 0, "epoch": meta.get("epoch"), "split": "eval", **{k: result[k] for k in SPLIT_KEYS},
-             "lr": 0.0, "images_per_sec": result["images_per_sec"], "step_ms": 0.0, "mode": "eval",
-             "engine": engine.name, "weights": source})
         print(metrics_lib.eval_line(result, source))
+        try:  # the result is printed first: a read-only workdir still shows it
+            os.makedirs(workdir, exist_ok=True)
+            metrics_lib.MetricsWriter(workdir, tensorboard=False).write(
+                {"step": step or 0, "epoch": meta.get("epoch"), "split": "eval", **{k: result[k] for k in SPLIT_KEYS},
+                 "lr": 0.0, "images_per_sec": result["images_per_sec"], "step_ms": 0.0, "mode": "eval",
+                 "engine": engine.name, "weights": source})
+        except (OSError, RunError) as e:
+            cause = e if isinstance(e, OSError) else e.__cause__
+            print(f"(not recorded in {os.path.join(workdir, metrics_lib.METRICS_FILE)}: "
+                  f"{getattr(cause, 'strerror', None) or cause or e})")
     return result
 
 

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from mobilenets_core import atomic_files
+from mobilenets_core.failures import RunError
 
 REQUIRED_KEYS = ("step", "epoch", "split", "loss", "top1", "top5", "lr", "images_per_sec", "step_ms")
 
@@ -34,6 +35,9 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=-1).astype(np.float32)
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 class MetricsWriter:
     """Appends one JSON object per line to workdir/metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -41,7 +45,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
@@ -57,13 +61,18 @@ class MetricsWriter:
         if missing:
             raise ValueError(f"metrics record lacks {missing}")
         clean = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
-        if self._tb is not None:
-            for key, value in clean.items():
-                if key not in ("step", "epoch", "split") and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(f"{clean['split']}/{key}", value, clean["step"])
-            self._tb.flush()
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(clean) + "\n")
+            if self._tb is not None:
+                for key, value in clean.items():
+                    if key not in ("step", "epoch", "split") and isinstance(value, (int, float)) and math.isfinite(value):
+                        self._tb.add_scalar(f"{clean['split']}/{key}", value, clean["step"])
+                self._tb.flush()
+        except OSError as e:  # a full disk or a read-only workdir: one line, not a traceback
+            raise RunError(f"could not write the step-{clean['step']} {clean['split']} record to {self.path} "
+                           f"({e.strerror or e}); free disk space or fix the permissions of the workdir, then "
+                           f"run again to resume from the newest checkpoint") from e
 
     def close(self) -> None:
         if self._tb is not None:
@@ -73,7 +82,7 @@ class MetricsWriter:
 
 def read_metrics(workdir: str) -> list:
     """Every record of workdir/metrics.jsonl; a last line cut short by a kill is left out."""
-    return _read_records(os.path.join(workdir, "metrics.jsonl"))[0]
+    return _read_records(os.path.join(workdir, METRICS_FILE))[0]
 
 
 def _read_records(path: str) -> tuple:
@@ -102,7 +111,7 @@ def truncate_after(workdir: str, step: int) -> int:
     how many lines were dropped. A run killed after its newest checkpoint wrote lines for steps it
     will train again, and perhaps half a line: without this they would appear twice. The file is
     replaced atomically, so a kill here loses nothing either."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, METRICS_FILE)
     records, broken = _read_records(path)
     kept = [r for r in records if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
     dropped = len(records) - len(kept) + broken

@@ -36,6 +36,31 @@ RECIPE_FIELDS = ("train.batch_size", "train.epochs", "train.seed", "train.dtype"
                  "mixed_precision.level", "mixed_precision.loss_scale")
 
 
+def check_writable(workdir: str) -> list:
+    """Make `workdir` if need be and prove a file can be created in it; ConfigError in one line if not
+    (a read-only filesystem, /proc, no permission). Returns the directories a refused run should
+    remove again if it leaves them empty (`remove_if_empty`): the workdir if it was made here, and
+    the engines' checkpoint directories that do not exist yet."""
+    made = [] if os.path.isdir(workdir) else [workdir]
+    probe = os.path.join(workdir, f".write-test-{socket.gethostname()}-{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir} cannot be written ({e.strerror or e}): training keeps its "
+                          f"checkpoints, metrics.jsonl and run.json there; name a writable directory") from None
+    return made + [os.path.join(workdir, d) for d in workdirs.ENGINES
+                   if not os.path.exists(os.path.join(workdir, d))]
+
+
+def remove_if_empty(directories: list) -> None:
+    """Remove those of `directories` that are empty (sub-directories first); others stay as they are."""
+    for directory in sorted(directories, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
 def recipe(config) -> dict:
     """The run-defining fields of `config`, as "section.field" -> value."""
     fields = {f"{s}.{k}": config[s][k] for s in RECIPE_SECTIONS for k in config[s].keys()}

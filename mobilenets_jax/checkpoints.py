@@ -8,13 +8,22 @@ leftover temporary directory is removed when the workdir is next opened for trai
 
 What can go wrong is reported in one line, before anything is overwritten:
 - a save that fails (full disk, permissions) raises `CheckpointError` naming the step and the newest
-  complete checkpoint, which Orbax leaves in place;
+  complete checkpoint, which Orbax leaves in place; the failed step's temporary directory is removed;
 - a checkpoint of another model or another training state (optimizer, EMA) raises `ConfigError`
   naming what differs, and one that cannot be read raises `CheckpointError`.
+Orbax reads and writes through asyncio event loops of its own; when a read or write fails, TensorStore
+callbacks still in flight find their loop closed and Python would print "RuntimeError: Event loop is
+closed" for each of them (hundreds on a full disk). Those echoes of the failure already reported are
+dropped (`_drop_closed_loop_echoes`); any other unraisable exception is printed as before.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import shutil
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,6 +35,26 @@ from mobilenets_core.weights.tensors import compare
 
 # TrainState fields a checkpoint written before they existed may lack; they restore fresh.
 FRESH_IF_MISSING = ("loss_scale",)
+TEMPORARY_SUFFIX = ".orbax-checkpoint-tmp"  # what Orbax writes a step under before its rename
+
+
+def _is_closed_loop_echo(unraisable) -> bool:
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _drop_closed_loop_echoes() -> None:
+    """Install (once) an unraisable-exception hook that drops Orbax's closed-event-loop echoes."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_echoes", False):
+        return
+
+    def hook(unraisable):
+        if not _is_closed_loop_echo(unraisable):
+            previous(unraisable)
+
+    hook.drops_closed_loop_echoes = True
+    sys.unraisablehook = hook
 
 
 def _path(key: tuple) -> str:
@@ -42,6 +71,7 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=workdirs.orbax_item_handlers())
         self._pending = None  # step of the asynchronous save in flight
+        _drop_closed_loop_echoes()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -52,6 +82,15 @@ class Checkpoints:
     def complete_steps(self) -> list:
         """The steps whose directories are complete on disk now (not the manager's cached list)."""
         return sorted(ocp.path.step.checkpoint_steps(self.directory)) if os.path.isdir(self.directory) else []
+
+    def remove_interrupted_saves(self, step: int | None = None) -> list:
+        """Delete the temporary directories of saves that did not finish (of `step` only, if given);
+        never a complete checkpoint. Returns the names removed."""
+        pattern = f"{'*' if step is None else step}{TEMPORARY_SUFFIX}*"
+        removed = sorted(glob.glob(os.path.join(glob.escape(self.directory), pattern)))
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return [os.path.basename(p) for p in removed]
 
     def save(self, step: int, state, meta: dict) -> None:
         """Start an asynchronous save; a failure of the previous save is raised here, naming its step."""
@@ -64,6 +103,17 @@ class Checkpoints:
         self._pending = step
 
     def _write_error(self, step, error: BaseException) -> CheckpointError:
+        """The one-line report of a failed save of `step`, after removing what it left half-written.
+
+        Orbax reports the first failing item while TensorStore writes of the others are still
+        landing (and may recreate the directory), so the manager is closed first and the removal
+        repeated until the directory stays gone."""
+        if step is not None:
+            with contextlib.suppress(Exception):
+                self.manager.close()
+            deadline = time.monotonic() + 5.0
+            while self.remove_interrupted_saves(step) and time.monotonic() < deadline:
+                time.sleep(0.2)
         return checkpoint_write_error(self.directory, step, error, self.complete_steps())
 
     def meta(self, step: int) -> dict:

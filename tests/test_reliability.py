@@ -237,21 +237,35 @@ def test_sigterm_then_kill_9_inside_a_save_then_resume_ends_with_the_uninterrupt
     assert result["top1"] == reference_result["top1"] and result["loss"] == reference_result["loss"]
 
 
-def test_a_second_signal_stops_at_once():
-    """The loop both engines run (mobilenets_core.loop) stops on the first signal; a second one does not wait."""
-    # Python's own handler, whatever this process inherited (a shell's background job starts
-    # with SIGINT ignored); put back afterwards.
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with StopOnSignal() as signals:
-            os.kill(os.getpid(), signal.SIGINT)
-            assert signals.signal == signal.SIGINT  # the first one only asks the loop to stop
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(1)  # the handler runs between bytecodes; it must not get here
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before it is back
-    finally:
-        signal.signal(signal.SIGINT, inherited)
+SECOND_SIGNAL_SCRIPT = """
+import os, signal, sys, time
+from mobilenets_core.preemption import StopOnSignal
+partial = sys.argv[1]
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
+with StopOnSignal(abandon=lambda: os.remove(partial)) as signals:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert signals.signal == signal.SIGINT  # the first one only asks the loop to stop
+    print("first signal noted", flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # the handler runs between bytecodes; it must not get past here
+print("not stopped")
+"""
+
+
+def test_a_second_signal_stops_at_once_removing_the_save_in_flight(tmp_path):
+    """The loop both engines run (mobilenets_core.loop) stops on the first signal; a second one does not wait:
+    it removes what the save under way has written (`abandon`), says so in one line, and exits 130."""
+    partial = tmp_path / "12.orbax-checkpoint-tmp"
+    partial.write_text("half a checkpoint")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", SECOND_SIGNAL_SCRIPT, str(partial)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert time.monotonic() - started < 5
+    assert proc.returncode == 128 + signal.SIGINT
+    assert proc.stdout == "first signal noted\n"
+    assert proc.stderr == ("stopped at once by a second SIGINT: this step is not checkpointed; run again to resume "
+                           "from the newest complete checkpoint\n")
+    assert not partial.exists()
 
 
 # ----------------------------------------------------------------------------- 3: non-finite loss
@@ -348,6 +362,8 @@ def run_main(*args, env=None):
      "error: schedule.warmup_epochs=3.0 is longer than train.epochs=2; use at most 2"),
     (["--config.dataset.name=folder"], "error: dataset.name='folder' needs dataset.path"),
     (["--config.mixed_precision.dynamic_factor=1"], "error: mixed_precision.dynamic_factor=1.0 must be above 1"),
+    (["--config.dataset.image_size=100000"], "error: dataset.image_size=100000 is above 4096, the largest accepted: "
+                                             "one batch of 64 such images is 7,153 GiB of input alone"),
 ])
 def test_config_mistakes_stop_in_one_line_before_any_work(tmp_path, args, message, backend="jax"):
     workdir = tmp_path / "run"
@@ -451,6 +467,47 @@ def test_truncated_corrupt_and_non_image_files_are_repaired_or_skipped_and_count
     assert line.startswith("folder train: 2 unreadable image(s) replaced by a gray placeholder (first: "
                            f"{root}/train/1/0.jpg: not an image") and "1 truncated image(s) decoded partially" in line
     assert dataset.take_report() is None  # counted once, then reset
+
+
+def test_exif_orientation_is_applied_and_counted():
+    """A phone's portrait photo: stored landscape, with EXIF orientation 6 (turn 90 degrees clockwise)."""
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :40] = (250, 0, 0)  # left half red, right half blue, as stored
+    stored[:, 40:] = (0, 0, 250)
+    exif = Image.Exif()
+    exif[preprocess.EXIF_ORIENTATION] = 6
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, format="JPEG", quality=95, exif=exif)
+    report = preprocess.DecodeReport()
+    upright = preprocess.preprocess(out.getvalue(), size=40, train=False, small=True, flip=False, report=report)
+    # turned clockwise, the stored left half is now on top
+    assert np.abs(upright[:16].astype(int) - (250, 0, 0)).max() <= 12
+    assert np.abs(upright[24:].astype(int) - (0, 0, 250)).max() <= 12
+    assert report.rotated == 1 and report.summary() == "1 image(s) turned upright by their EXIF orientation"
+
+
+def test_an_image_too_large_to_decode_is_skipped_with_its_size_never_called_corrupt(tmp_path):
+    root = _digit_folder(tmp_path)
+    # first in its folder, so the source's look at the typical image meets it too; 225 Mpixels,
+    # beyond PIL's own decompression-bomb limit, a few kB on disk
+    Image.new("1", (15000, 15000)).save(root / "train" / "0" / "0-huge.png")
+    config = reliability_config(str(root), {"model.num_classes": 3})
+    dataset = build_dataset(config, "train")
+    assert dataset.num_examples == 19 and dataset.small_images  # the typical image decides, not this one
+    batch = next(iter(dataset.eval_batches(19)))
+    assert np.abs(batch["image"][0]).max() < 0.01  # the gray placeholder, in its own row
+    assert dataset.decode_report.bad == [] and dataset.decode_report.truncated == []
+    assert dataset.take_report() == (
+        f"folder train: 1 image(s) too large to decode replaced by a gray placeholder (first: "
+        f"{root}/train/0/0-huge.png: 15000x15000 pixels, above dataset.max_image_pixels=178956970; raise it to "
+        f"train on such images)")
+    # a limit of its own: the 32x32 digits decode, a 100x100 image is skipped
+    Image.new("RGB", (100, 100)).save(root / "train" / "1" / "big.png")
+    config.dataset.max_image_pixels = 5000
+    dataset = build_dataset(config, "train")
+    list(dataset.eval_batches(20))
+    assert sorted(what for what, _ in dataset.decode_report.too_large) == [f"{root}/train/0/0-huge.png",
+                                                                      f"{root}/train/1/big.png"]
 
 
 def test_predict_names_an_input_that_is_not_an_image(tmp_path):
@@ -706,7 +763,44 @@ def test_a_failed_save_is_reported_and_the_previous_checkpoint_stays_loadable(da
                                               r"complete checkpoint, step 4, is intact\. Free disk space"):
         train.train_and_evaluate(config, workdir)
     assert _jax_steps(workdir)[:1] == [4] and 8 not in _jax_steps(workdir)
+    assert not [p for p in os.listdir(f"{workdir}/checkpoints") if "tmp" in p]  # nothing half-written left
     assert_same_arrays(_jax_state(workdir, config, 4), _jax_state(reference[0], config, 4))
+
+
+class _Unraisable:
+    def __init__(self, error):
+        self.error = error
+
+    def __del__(self):
+        raise self.error
+
+
+def test_orbax_closed_event_loop_echoes_are_dropped_other_unraisable_errors_kept(monkeypatch):
+    from mobilenets_jax import checkpoints
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(repr(unraisable.exc_value)))
+    checkpoints._drop_closed_loop_echoes()
+    checkpoints._drop_closed_loop_echoes()  # installed once, whatever the number of checkpoint stores
+    _Unraisable(RuntimeError("Event loop is closed"))
+    assert reported == []
+    _Unraisable(ValueError("a real bug"))
+    assert reported == ["ValueError('a real bug')"]
+
+
+def test_a_library_error_is_quoted_by_its_root_cause_without_tensorstore_specs():
+    from mobilenets_core.failures import first_line
+
+    try:
+        try:
+            raise ValueError("OUT_OF_RANGE: Error reading \"params.stem/0\": byte range [0, 9) is not valid "
+                             "[tensorstore_spec='{\"driver\": \"zarr\"}']\nmore")
+        except ValueError as cause:
+            raise Exception("Encountered error while reading array index. See full TensorStore details: "
+                            "<bound method spec of TensorStore({") from cause
+    except Exception as error:  # noqa: BLE001
+        assert first_line(error) == ('ValueError: OUT_OF_RANGE: Error reading "params.stem/0": byte range [0, 9) '
+                                     'is not valid')
 
 
 def test_ms_a_failed_save_is_reported_and_the_previous_checkpoint_stays_loadable(data, ms_reference, tmp_path,

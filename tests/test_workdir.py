@@ -188,3 +188,79 @@ def test_outputs_in_the_way_or_in_no_directory_are_refused_before_work(tmp_path)
     (tmp_path / "export").write_text("")
     with pytest.raises(ConfigError, match=rf"^{tmp_path}/export is a file; move it away"):
         export_description.output_dir(str(tmp_path))
+
+
+class RefusingEngine(FakeEngine):
+    """Opens its checkpoint store as Orbax does (making WORKDIR/checkpoints), then refuses its
+    init.weights, as a real engine does when the file does not fit the network."""
+
+    def __init__(self, workdir):
+        super().__init__()
+        self.checkpoint_dir = os.path.join(workdir, "checkpoints")
+
+    def latest_step(self):
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        return None
+
+    def start(self, steps_per_epoch, step, say):
+        raise ConfigError("init.weights=w.ckpt do not fit mobilenet_v1")
+
+
+def test_a_refused_run_leaves_no_empty_directories_behind(tmp_path):
+    workdir = tmp_path / "new"
+    with pytest.raises(ConfigError, match="do not fit"):
+        loop.train_and_evaluate(RefusingEngine(str(workdir)), config_for(), str(workdir))
+    assert not workdir.exists()
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="do not fit"):
+        loop.train_and_evaluate(RefusingEngine(str(workdir)), config_for(), str(workdir))
+    assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]  # what was there stays
+
+
+@pytest.mark.parametrize("where,reason", [("file/workdir", "Not a directory"),
+                                          ("/proc/mobilenets-workdir", "No such file or directory|Permission denied")])
+def test_a_workdir_that_cannot_be_written_is_one_line_before_any_work(tmp_path, where, reason):
+    (tmp_path / "file").write_text("")
+    workdir = where if where.startswith("/") else str(tmp_path / where)
+    engine = FakeEngine()
+    with pytest.raises(ConfigError, match=rf"^--workdir={workdir} cannot be written \(({reason})\): training keeps "
+                                          r"its checkpoints, metrics.jsonl and run.json there; name a writable "
+                                          r"directory$"):
+        loop.train_and_evaluate(engine, config_for(), workdir)
+    assert engine.events == [] and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_eval_on_a_read_only_workdir_prints_its_result_and_says_it_was_not_recorded(tmp_path, capsys,
+                                                                                     monkeypatch):
+    import errno
+
+    saved = []
+    loop.train_and_evaluate(SavedEngine(saved), config_for(**{"train.epochs": 1}), str(tmp_path))
+    capsys.readouterr()
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith("metrics.jsonl"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    real_open = open
+    monkeypatch.setattr("builtins.open", read_only)
+    result = loop.evaluate(EvaluatedEngine(saved), config_for(), str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert result["top1"] == 0.25
+    assert out[-2].startswith("result: {'Loss': 2.0, 'Top_1_Acc': 0.25, 'Top_5_Acc': 0.5} ckpt=fake/11")
+    assert out[-1] == f"(not recorded in {tmp_path}/metrics.jsonl: Read-only file system)"
+
+
+def test_a_metrics_record_that_cannot_be_written_is_one_line(tmp_path):
+    from mobilenets_core.failures import RunError
+
+    (tmp_path / "metrics.jsonl").mkdir()  # in the way: what a full disk or a lost mount gives, as one OSError
+    writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
+    row = {"step": 4, "epoch": 1, "split": "train", "loss": 1.0, "top1": 0.5, "top5": 1.0, "lr": 0.1,
+           "images_per_sec": 1.0, "step_ms": 1.0}
+    with pytest.raises(RunError, match=rf"^could not write the step-4 train record to {tmp_path}/metrics.jsonl "
+                                       r"\(Is a directory\); free disk space or fix the permissions of the workdir, "
+                                       r"then run again to resume from the newest checkpoint$"):
+        writer.write(row)
