@@ -250,7 +250,9 @@ def build_block(block, bn_eps: float, bn_decay: float, rng) -> nn.Cell:
 
 
 class Head(nn.Cell):
-    """Global average pool, [1x1 conv with bias (no BN) + activation], flatten, dropout."""
+    """Global average pool, [1x1 conv with bias (no BN) + activation], flatten.
+
+    The dropout after it is `Network`'s `keep` input (see `dropout_keep`), not a MindSpore Dropout."""
 
     def __init__(self, head: specs.Head, dropout: float, rng):
         super().__init__()
@@ -262,16 +264,35 @@ class Head(nn.Cell):
             self.conv = nn.Identity()
             self.act = nn.Identity()
         self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(p=float(dropout))
+        self.dropout = float(dropout)
 
     def construct(self, x):
         x = self.pool(x, (2, 3))
         x = self.act(self.conv(x))
-        return self.dropout(self.flatten(x))
+        return self.flatten(x)
+
+
+_DROPOUT_STREAM = 0x0D120  # keeps the dropout's random stream apart from any other drawn from the same seed
+
+
+def dropout_keep(rate: float, seed: int, step: int, rank: int, shape: tuple) -> np.ndarray | None:
+    """The dropout of update `step` on rank `rank`: float32 `shape` (rows, features) of 0 (dropped, with
+    probability `rate`) and 1 / (1 - rate) (kept); None when `rate` is 0.
+
+    A pure function of (seed, step, rank), like the JAX engine's fold_in(rng, step): a resumed run
+    drops what an uninterrupted one drops. MindSpore's Dropout keeps its random state inside the
+    kernel, where no checkpoint reaches it (a resumed run started its sequence over), and on CPU its
+    sequence also followed the thread scheduling (two fresh runs of one seed differed)."""
+    if not rate:
+        return None
+    rng = np.random.default_rng([_DROPOUT_STREAM, int(seed), int(step), int(rank)])
+    kept = rng.random(shape, dtype=np.float32) >= np.float32(rate)
+    return kept.astype(np.float32) * np.float32(1.0 / (1.0 - rate))
 
 
 class Network(nn.Cell):
-    """NHWC float images in, logits (N, num_classes) out.
+    """NHWC float images in, logits (N, num_classes) out; `keep` (N, num_features), when given, multiplies
+    the features before the classifier: the training step's dropout (`dropout_keep`).
 
     Blocks named `blocks.<i>` live in the cell list `blocks`; the others (stem, stem_pool, final)
     are attributes of their own name, run before or after the list as the architecture orders them.
@@ -310,7 +331,7 @@ class Network(nn.Cell):
                                                              arch.num_features),
                                    bias_init="zeros", has_bias=arch.head.classifier_bias)
 
-    def construct(self, x):
+    def construct(self, x, keep=None):
         x = ops.transpose(x, (0, 3, 1, 2))
         for cell in self.before:
             x = cell(x)
@@ -318,7 +339,10 @@ class Network(nn.Cell):
             x = cell(x)
         for cell in self.after:
             x = cell(x)
-        return self.classifier(self.head(x))
+        x = self.head(x)
+        if keep is not None:
+            x = x * keep.astype(x.dtype)
+        return self.classifier(x)
 
 
 def build_network(model_cfg, bn_eps: float | None = None, seed: int = 0) -> Network:

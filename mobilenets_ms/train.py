@@ -129,7 +129,8 @@ def _ema_one(decay, apply, ema, param):
 
 
 class NetWithLoss(nn.Cell):
-    """(loss * scale, loss, logits): the first output is differentiated, the others ride along."""
+    """(loss * scale, loss, logits): the first output is differentiated, the others ride along.
+    `keep`: the step's dropout (models.dropout_keep), None without dropout."""
 
     def __init__(self, net, num_classes: int, smoothing: float):
         super().__init__(auto_prefix=False)
@@ -137,14 +138,15 @@ class NetWithLoss(nn.Cell):
         self.num_classes = int(num_classes)
         self.smoothing = float(smoothing)
 
-    def construct(self, images, labels, scale):
-        logits = self.net(images).astype(ms.float32)
+    def construct(self, images, labels, scale, keep=None):
+        logits = self.net(images, keep).astype(ms.float32)
         loss = cross_entropy(logits, labels, self.num_classes, self.smoothing).mean()
         return loss * scale, loss, logits
 
 
 class TrainStep(nn.Cell):
-    """One update: (images, labels, step) -> (loss, top1, top5, lr, finite)."""
+    """One update: (images, labels, step[, keep]) -> (loss, top1, top5, lr, finite); `keep`, the dropout
+    of this step (models.dropout_keep), is given when the network has dropout."""
 
     def __init__(self, net, optimizer, loss_scale, num_classes: int, smoothing: float, ema_decay: float,
                  group_size: int = 1):
@@ -171,11 +173,11 @@ class TrainStep(nn.Cell):
                                           and p.name.endswith(BATCHNORM_STATISTICS)])
         self.statistics_before = self.statistics.clone(prefix="statistics_before", init="same")
 
-    def construct(self, images, labels, step):
+    def construct(self, images, labels, step, keep=None):
         unit = self.loss_scale.unit  # a fixed scale of 1: nothing to scale or unscale
         scale = 1.0 if unit else self.loss_scale.scale
         self.hyper_map(ops.assign, self.statistics_before, self.statistics)
-        (_, loss, logits), grads = self.grad_fn(images, labels, scale)
+        (_, loss, logits), grads = self.grad_fn(images, labels, scale, keep)
         if self.distributed:
             grads = self.reducer(grads)
         if not unit:
@@ -310,10 +312,18 @@ class Trainer:
 
     # -- steps
 
+    def step_inputs(self, step: int, rows: int) -> tuple:
+        """What `TrainStep` takes after (images, labels) for update `step` on `rows` rows of this rank:
+        the step, and the dropout's keep mask when the network has dropout. Both are functions of the
+        step alone, so a run resumed at `step` goes on exactly as an uninterrupted one."""
+        keep = models.dropout_keep(self.net.head.dropout, int(self.config.train.seed), step,
+                                   int(self.context["rank"]), (int(rows), int(self.net.arch.num_features)))
+        return (Tensor(step, ms.int32),) + (() if keep is None else (Tensor(keep),))
+
     def dispatch(self, images: Tensor, labels: Tensor):
         """Start update `self.step` on this rank's rows; returns its (stats, lr, finite) Tensors unread."""
         self.train_step.set_train(True)
-        outputs = self.train_step(images, labels, Tensor(self.step, ms.int32))
+        outputs = self.train_step(images, labels, *self.step_inputs(self.step, images.shape[0]))
         self.step += 1
         return outputs
 
