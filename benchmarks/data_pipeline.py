@@ -1,65 +1,136 @@
-"""Input-pipeline throughput: decode + augment images/s, per worker thread and in total.
+"""Input-pipeline throughput: decode + augment images/s, ours for a sweep of worker counts against
+tf.data with fused decode-and-crop, on the same files, in one run.
 
-    .venv/bin/python benchmarks/data_pipeline.py [--images 256] [--size 224] [--workers 1 2]
+    .venv/bin/python benchmarks/data_pipeline.py [--images 512] [--size 224] [--workers 1 2] [--rounds 3]
 
-Writes synthetic 500x375 JPEGs (quality 90) into a temporary image folder, then times full
-training epochs of `mobilenets_core.data` (random resized crop + flip + normalize, batch 64)
-for each worker count, reporting the median of --repeats epochs after one warm-up epoch.
-No engine is imported: this measures what feeds either engine.
+Writes synthetic 500x375 JPEGs (quality 90, smooth random fields that compress like photos) into a
+temporary image folder, then, for each round, times one training epoch of each pipeline in turn
+(after one warm-up epoch each): ours (`mobilenets_core.data`, random resized crop + flip, uint8
+batches of --batch) with N worker processes, and the anchor, tf.data doing what the flax ImageNet
+example and big_vision do (`tf.image.sample_distorted_bounding_box` + `tf.image.decode_and_crop_jpeg`,
+bilinear resize, flip, normalize, batch) with N threads (`private_threadpool_size` and
+`num_parallel_calls` = N). Prints one JSON line per configuration with the median over rounds,
+images/s per worker, and ours / tf.data at the same N. `--no-tf` skips the anchor (no TensorFlow).
 """
 import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-from configs import base
-from mobilenets_core.data import build_dataset
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import base  # noqa: E402
+from mobilenets_core.data import build_dataset, preprocess, workers  # noqa: E402
 
 
-def write_folder(root: str, images: int) -> None:
+def write_folder(root: str, images: int) -> list:
     rng = np.random.default_rng(0)
+    paths = []
     for split, count in (("train", images), ("validation", 8)):
         for i in range(count):
             folder = os.path.join(root, split, f"class_{i % 4}")
             os.makedirs(folder, exist_ok=True)
-            # smooth random fields compress like photos, unlike white noise
             small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-            Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(os.path.join(folder, f"{i}.jpg"), quality=90)
+            path = os.path.join(folder, f"{i}.jpg")
+            Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(path, quality=90)
+            if split == "train":
+                paths.append(path)
+    return paths
+
+
+def ours(root: str, size: int, batch: int, count: int):
+    config = base.get_config()
+    config.dataset.name, config.dataset.path, config.dataset.image_size = "folder", root, size
+    config.dataset.workers = count
+    dataset = build_dataset(config, "train")
+    epoch = [0]
+
+    def one_epoch() -> int:
+        epoch[0] += 1
+        return sum(len(b["label"]) for b in dataset.train_batches(batch, epoch=epoch[0]))
+
+    return one_epoch
+
+
+def tf_anchor(paths: list, size: int, batch: int, threads: int):
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    mean = tf.constant(preprocess.NORMALIZE_MEAN)
+    std = tf.constant(preprocess.NORMALIZE_STD)
+
+    def decode_and_random_crop(path, seed):
+        data = tf.io.read_file(path)
+        shape = tf.io.extract_jpeg_shape(data)
+        begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape, tf.zeros([0, 0, 4]), seed=seed, min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        offset_y, offset_x, _ = tf.unstack(begin)
+        height, width, _ = tf.unstack(crop)
+        image = tf.io.decode_and_crop_jpeg(data, tf.stack([offset_y, offset_x, height, width]), channels=3)
+        image = tf.image.resize(image, [size, size], method="bilinear")
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+        return (image - mean) / std
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.deterministic = True
+    seeds = tf.data.Dataset.from_tensor_slices(np.arange(2 * len(paths), dtype=np.int64).reshape(-1, 2))
+    dataset = (tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices(paths), seeds))
+               .map(decode_and_random_crop, num_parallel_calls=threads)
+               .batch(batch, drop_remainder=True).prefetch(2).with_options(options))
+
+    def one_epoch() -> int:
+        return sum(len(b) for b in dataset.as_numpy_iterator())
+
+    return one_epoch
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-tf", action="store_true", help="ours only (no TensorFlow import)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        write_folder(root, args.images)
-        config = base.get_config()
-        config.dataset.name, config.dataset.path, config.dataset.image_size = "folder", root, args.size
-        for workers in args.workers:
-            os.environ["MOBILENETS_DATA_WORKERS"] = str(workers)
-            from mobilenets_core.data import dataset as dataset_module
-            dataset_module._decode_pool.cache_clear()
-            ds = build_dataset(config, "train")
-            times = []
-            for epoch in range(args.repeats + 1):
+        paths = write_folder(root, args.images)
+        runs = {}
+        for count in args.workers:
+            runs[("ours", count)] = ours(root, args.size, args.batch, count)
+            if not args.no_tf:
+                runs[("tf.data", count)] = tf_anchor(paths, args.size, args.batch, count)
+        times = {key: [] for key in runs}
+        for round_ in range(args.rounds + 1):  # round 0 warms up every pipeline (worker start, tracing)
+            for (name, count), one_epoch in runs.items():
+                if name == "ours":
+                    workers.pool(count)  # one pool at a time: started before the clock
                 start = time.perf_counter()
-                n = sum(len(b["label"]) for b in ds.train_batches(args.batch, epoch=epoch))
-                if epoch:
-                    times.append(time.perf_counter() - start)
-            rate = n / statistics.median(times)
-            print(json.dumps({"benchmark": "data_pipeline", "machine": platform.processor() or platform.machine(),
-                              "cpus": os.cpu_count(), "workers": workers, "image_size": args.size,
-                              "images_per_sec": round(rate, 1), "images_per_sec_per_worker": round(rate / workers, 1)}))
+                seen = one_epoch()
+                if round_:
+                    times[(name, count)].append(seen / (time.perf_counter() - start))
+        rates = {key: statistics.median(values) for key, values in times.items()}
+        cpu = platform.processor() or platform.machine()
+        for (name, count), rate in rates.items():
+            record = {"benchmark": "data_pipeline", "pipeline": name, "workers": count, "cpu": cpu,
+                      "cpus": workers.usable_cores(), "image_size": args.size, "batch": args.batch,
+                      "images": args.images, "rounds": args.rounds, "images_per_sec": round(rate, 1),
+                      "images_per_sec_per_worker": round(rate / count, 1),
+                      "rates": [round(r, 1) for r in times[(name, count)]]}
+            if name == "ours" and ("tf.data", count) in rates:
+                record["vs_tf_data"] = round(rate / rates[("tf.data", count)], 3)
+            if count != args.workers[0] and (name, args.workers[0]) in rates:
+                record[f"scaling_vs_{args.workers[0]}"] = round(rate / rates[(name, args.workers[0])], 3)
+            print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ loop and the result record.
 Each engine (mobilenets_jax/bench.py, mobilenets_ms/bench.py) builds its real training step and
 inference pass on synthetic data and hands them here with a function that waits for a result.
 The peers' scripts (benchmarks/peer_timm.py, peer_mindcv.py) time theirs with the same loop.
+
+With `bench.data` a dataset name ("folder" with dataset.path, or a TFDS name) the training step is
+also timed end to end, fed by the real input pipeline through the loop's `on_device` (decode
+processes, transfer ahead of the step): `fed_seconds_per_step`. The record then gives both figures
+and `data_ms`, the time a step waited for its batch.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 from mobilenets_core.config_check import ConfigError
 
 DEFAULTS = {"batch_size": 32, "warmup_steps": 2, "steps": 5, "repeats": 3}  # configs/base.py's bench section
+SYNTHETIC = "synthetic"
 
 
 def bench_settings(config) -> dict:
@@ -38,6 +44,8 @@ def bench_config(config) -> tuple:
     settings = bench_settings(config)
     config = config.copy_and_resolve_references()
     config.train.batch_size = config.eval.batch_size = settings["batch_size"]
+    if fed_data(config):
+        config.dataset.name = fed_data(config)
     return config, settings
 
 
@@ -60,6 +68,45 @@ def median_seconds_per_step(run_step, wait, warmup: int, steps: int, repeats: in
         wait(out)
         per_step.append((time.perf_counter() - start) / steps)
     return statistics.median(per_step), first
+
+
+def fed_data(config) -> str | None:
+    """The dataset name bench.data names for the end-to-end figure, or None (synthetic data only)."""
+    name = str((config.get("bench", None) or {}).get("data", SYNTHETIC) or SYNTHETIC)
+    return None if name == SYNTHETIC else name
+
+
+def fed_seconds_per_step(config, settings: dict, put, run_step, wait) -> tuple[float, float]:
+    """(median seconds per training step, milliseconds per step spent waiting for data), the steps fed
+    by config.dataset's real pipeline, epoch after epoch, with the loop's transfer ahead.
+
+    put(local_batch) -> device batch; run_step(device batch) launches a step; wait(outputs) blocks."""
+    from mobilenets_core.data import build_dataset
+    from mobilenets_core.loop import InputWait, on_device
+
+    dataset = build_dataset(config, "train")
+    batch = settings["batch_size"]
+
+    def host_batches():
+        for epoch in range(1 << 30):
+            yield from dataset.train_batches(batch, epoch=epoch)
+
+    waited = InputWait()
+    feed = on_device(put, host_batches(), wait=waited)
+    for _ in range(settings["warmup_steps"]):
+        wait(run_step(next(feed)))
+    waited.take()
+    per_step = []
+    for _ in range(settings["repeats"]):
+        start = time.perf_counter()
+        out = None
+        for _ in range(settings["steps"]):
+            out = run_step(next(feed))
+        wait(out)
+        per_step.append((time.perf_counter() - start) / settings["steps"])
+    data_ms = 1000 * waited.take() / (settings["repeats"] * settings["steps"])
+    feed.close()
+    return statistics.median(per_step), data_ms
 
 
 def synthetic_batch(config) -> tuple[np.ndarray, np.ndarray]:
@@ -85,11 +132,14 @@ def process_peak_rss() -> int:
 
 def result_record(config, settings: dict, *, backend: str, version: str, device: str, device_count: int, dtype: str,
                   train_s: float, train_first_s: float, infer_s: float, infer_first_s: float,
-                  device_peak_bytes: int | None = None, engine_fields: dict | None = None) -> dict:
+                  device_peak_bytes: int | None = None, engine_fields: dict | None = None,
+                  fed: tuple[float, float] | None = None) -> dict:
     """The one JSON line --mode=bench prints (and returns), with the same keys on both engines:
     benchmarks/ and BENCHMARKS.md read them. `device_peak_bytes` is the device allocator's peak where
     the engine reports one, else the process's peak RSS is the memory figure; `engine_fields`
-    (conv_impl, ...) go after the memory, `{backend: version}` before the host."""
+    (conv_impl, ...) go after the memory, `{backend: version}` before the host. `fed` is
+    (seconds per step, data_ms) of `fed_seconds_per_step`: train_images_per_sec is then that figure,
+    beside synthetic_train_images_per_sec."""
     batch = settings["batch_size"]
     if device_peak_bytes is None:
         memory, memory_source = process_peak_rss(), "process peak RSS"
@@ -101,6 +151,10 @@ def result_record(config, settings: dict, *, backend: str, version: str, device:
         "batch_size": batch, "image_size": int(config.dataset.image_size), "dtype": dtype,
         "train_images_per_sec": round(batch / train_s, 2), "infer_images_per_sec": round(batch / infer_s, 2),
         "step_ms": round(1000 * train_s, 2), "infer_ms": round(1000 * infer_s, 2),
+        **({} if fed is None else {
+            "data": fed_data(config), "train_images_per_sec": round(batch / fed[0], 2),
+            "synthetic_train_images_per_sec": round(batch / train_s, 2), "fed_step_ms": round(1000 * fed[0], 2),
+            "data_ms": round(fed[1], 2), "fed_vs_synthetic": round(train_s / fed[0], 3)}),
         "peak_memory": memory, "peak_memory_source": memory_source, **(engine_fields or {}),
         "warmup_steps": settings["warmup_steps"], "steps": settings["steps"], "repeats": settings["repeats"],
         "first_train_step_s": round(train_first_s, 2), "first_infer_s": round(infer_first_s, 2),

@@ -110,9 +110,13 @@ class EngineCheckpoints:
         return self.checkpoints.meta(step)
 
     def abandon_saves(self) -> None:
-        """Remove the files of a save in flight (a second signal ends the process without waiting)."""
-        if "checkpoints" in self.__dict__:  # opened: a store never opened has nothing in flight
-            self.checkpoints.remove_interrupted_saves()
+        """Remove the files of a save in flight (a second signal ends the process without waiting). The
+        writer's threads may still be adding files, so the removal repeats until nothing is left."""
+        if "checkpoints" not in self.__dict__:  # never opened: nothing in flight
+            return
+        deadline = time.monotonic() + 2.0
+        while self.checkpoints.remove_interrupted_saves() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 # ----------------------------------------------------------------------------- input

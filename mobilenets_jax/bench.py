@@ -4,13 +4,22 @@ Times the engine's real jitted training step (`mobilenets_jax.train.Trainer.trai
 forward, backward, optimizer update, EMA, metrics, donated state) and a jitted inference
 forward pass, on one random batch that stays on the device, so no input pipeline (and no
 TensorFlow) is involved. Each figure is the median over `bench.repeats` runs of `bench.steps`
-steps, after `bench.warmup_steps` steps that also absorb compilation. Prints one JSON line.
+steps, after `bench.warmup_steps` steps that also absorb compilation. With bench.data a dataset,
+the training step is also timed fed by that dataset's real pipeline. Prints one JSON line.
 """
 from __future__ import annotations
 
 import jax
 
-from mobilenets_core.bench import bench_config, check_loss, median_seconds_per_step, result_record, synthetic_batch
+from mobilenets_core.bench import (
+    bench_config,
+    check_loss,
+    fed_data,
+    fed_seconds_per_step,
+    median_seconds_per_step,
+    result_record,
+    synthetic_batch,
+)
 from mobilenets_jax import layers
 from mobilenets_jax.train import Trainer
 
@@ -33,6 +42,14 @@ def bench(config, workdir: str | None = None) -> dict:
     warmup, steps, repeats = settings["warmup_steps"], settings["steps"], settings["repeats"]
     train_s, train_first_s = median_seconds_per_step(train_step, jax.block_until_ready, warmup, steps, repeats)
     check_loss(float(train_step()))
+    fed = None
+    if fed_data(config):
+        def fed_step(batch):
+            nonlocal state
+            state, metrics = trainer.train_step(state, batch)
+            return metrics["loss"]
+
+        fed = fed_seconds_per_step(config, settings, trainer.to_global, fed_step, jax.block_until_ready)
 
     module = trainer.module
     infer = jax.jit(lambda params, stats, x: module.apply({"params": params, "batch_stats": stats}, x, train=False),
@@ -46,4 +63,4 @@ def bench(config, workdir: str | None = None) -> dict:
         device_count=jax.device_count(), dtype=str(config.train.dtype), train_s=train_s, train_first_s=train_first_s,
         infer_s=infer_s, infer_first_s=infer_first_s,
         device_peak_bytes=(device.memory_stats() or {}).get("peak_bytes_in_use"),  # none on CPU: process peak RSS
-        engine_fields={"conv_impl": layers.resolve_impl(module.conv_impl)})
+        engine_fields={"conv_impl": layers.resolve_impl(module.conv_impl)}, fed=fed)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mobilenets_core import atomic_files, export_description, loop
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.data import build_dataset
+from mobilenets_core.data import build_dataset, preprocess
 from mobilenets_core.weights import ModelInfo, workdirs
 from mobilenets_jax import models
 
@@ -76,7 +76,7 @@ def calibration_images(config, count: int) -> np.ndarray:
     train = build_dataset(config, "train")
     count = max(1, min(int(count), train.num_examples))
     batch = next(iter(train.train_batches(count, epoch=0)))
-    return np.asarray(batch["image"], np.float32)
+    return preprocess.normalize(batch["image"])
 
 
 # ----------------------------------------------------------------------------- writers
@@ -171,7 +171,7 @@ def int8_agreement(module, variables, int8_path: str, config) -> dict:
     val = build_dataset(config, "validation")
     count = min(int(config.export.agreement_images), val.num_examples)
     batch = next(iter(val.eval_batches(count)))
-    images, labels = np.asarray(batch["image"], np.float32)[:count], np.asarray(batch["label"])[:count]
+    images, labels = preprocess.normalize(batch["image"][:count]), np.asarray(batch["label"])[:count]
     float_logits = np.asarray(jax.jit(lambda x: module.apply(variables, x, train=False))(images))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter announces its move to ai_edge_litert

@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from mobilenets_core import loop, schedules
 from mobilenets_core.config_check import ConfigError
+from mobilenets_core.data import preprocess
 from mobilenets_core.weights import ModelInfo, flax_tree, reader
 from mobilenets_jax import models
 from mobilenets_jax.checkpoints import Checkpoints
@@ -124,8 +125,9 @@ class Trainer:
         scale = state.loss_scale["scale"]
 
         def loss_fn(params):
-            logits, updates = self.module.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                                train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+            logits, updates = self.module.apply({"params": params, "batch_stats": state.batch_stats},
+                                                device_images(batch["image"]), train=True,
+                                                mutable=["batch_stats"], rngs={"dropout": dropout_rng})
             loss = cross_entropy(logits, batch["label"], self.num_classes, self.config.loss.label_smoothing).mean()
             return loss * scale, (loss, logits, updates["batch_stats"])
 
@@ -151,7 +153,8 @@ class Trainer:
 
     def _eval_step(self, state: TrainState, batch):
         params = state.ema_params if self.config.ema.decay > 0 else state.params
-        logits = self.module.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+        logits = self.module.apply({"params": params, "batch_stats": state.batch_stats},
+                                   device_images(batch["image"]), train=False)
         mask = batch["mask"].astype(jnp.float32)
         loss = cross_entropy(logits, batch["label"], self.num_classes, 0.0)
         return {"loss": (loss * mask).sum(), "top1": (topk_correct(logits, batch["label"], 1) * mask).sum(),
@@ -164,6 +167,14 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- the engine
+
+
+def device_images(images):
+    """The pipeline's uint8 images normalized on the device (as `preprocess.normalize` does on the host:
+    a quarter of the bytes cross to the device); float images (bench, export) are already normalized."""
+    if images.dtype != jnp.uint8:
+        return images
+    return (images.astype(jnp.float32) - jnp.asarray(preprocess.NORMALIZE_MEAN)) / jnp.asarray(preprocess.NORMALIZE_STD)
 
 
 def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):

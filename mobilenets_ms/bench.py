@@ -2,7 +2,8 @@
 
 Times the engine's real compiled `mobilenets_ms.train.TrainStep` (forward, backward, loss
 scaling and overflow check, optimizer update, EMA, metrics) and the network's inference
-forward pass, on one random batch created once, so no input pipeline is involved. Each figure
+forward pass, on one random batch created once, so no input pipeline is involved (with bench.data
+a dataset, the training step is also timed fed by that dataset's real pipeline). Each figure
 is the median over `bench.repeats` runs of `bench.steps` steps, after `bench.warmup_steps`
 steps that also absorb graph compilation. Prints one JSON line, the record both engines build
 with `mobilenets_core.bench.result_record`.
@@ -12,10 +13,18 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor
 
-from mobilenets_core.bench import bench_config, check_loss, median_seconds_per_step, result_record, synthetic_batch
+from mobilenets_core.bench import (
+    bench_config,
+    check_loss,
+    fed_data,
+    fed_seconds_per_step,
+    median_seconds_per_step,
+    result_record,
+    synthetic_batch,
+)
 from mobilenets_core.config_check import ConfigError
 from mobilenets_ms import layers
-from mobilenets_ms.train import Trainer, setup
+from mobilenets_ms.train import Trainer, device_images, setup
 
 
 def _wait(outputs):
@@ -48,6 +57,10 @@ def bench(config, workdir: str | None = None) -> dict:
     warmup, steps, repeats = settings["warmup_steps"], settings["steps"], settings["repeats"]
     train_s, train_first_s = median_seconds_per_step(train_step, _wait, warmup, steps, repeats)
     check_loss(float(train_step()[0].asnumpy()[0]))  # outputs[0]: the stats tensor, loss first
+    fed = None
+    if fed_data(config):
+        fed = fed_seconds_per_step(config, settings, lambda b: (device_images(b["image"]), Tensor(b["label"])),
+                                   lambda batch: trainer.train_step(*batch, *step), _wait)
 
     net = trainer.inference_net()
     infer_s, infer_first_s = median_seconds_per_step(lambda: net(images), _wait, warmup, steps, repeats)
@@ -57,4 +70,5 @@ def bench(config, workdir: str | None = None) -> dict:
         dtype=_dtype(level), train_s=train_s, train_first_s=train_first_s, infer_s=infer_s,
         infer_first_s=infer_first_s,
         engine_fields={"mode": "graph" if ms.get_context("mode") == ms.GRAPH_MODE else "pynative",
-                       "conv_impl": layers.resolve_impl(str(config.model.get("conv_impl", None) or "auto"))})
+                       "conv_impl": layers.resolve_impl(str(config.model.get("conv_impl", None) or "auto"))},
+        fed=fed)

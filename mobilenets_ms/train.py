@@ -12,6 +12,7 @@ device started by `msrun`, `mindspore.communication.init()`, gradients averaged 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -21,6 +22,7 @@ from mindspore import ParameterTuple, Tensor, nn, ops
 
 from mobilenets_core import loop, schedules
 from mobilenets_core.config_check import ConfigError
+from mobilenets_core.data import preprocess
 from mobilenets_core.weights import ModelInfo, reader
 from mobilenets_core.weights.mindspore_ckpt import BN_EPS_TENSOR
 from mobilenets_core.weights.tensors import MINDSPORE_BATCHNORM, compare
@@ -88,6 +90,31 @@ def setup(config) -> dict:
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+class Normalize(nn.Cell):
+    """uint8 images -> float32 (x - mean) / std, on the device (`preprocess.normalize` on the host)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean = Tensor(preprocess.NORMALIZE_MEAN)
+        self.std = Tensor(preprocess.NORMALIZE_STD)
+
+    def construct(self, images):
+        return (images.astype(ms.float32) - self.mean) / self.std
+
+
+@functools.lru_cache(maxsize=1)
+def _normalize() -> Normalize:
+    return Normalize()
+
+
+def device_images(images: np.ndarray) -> Tensor:
+    """The pipeline's uint8 images as a normalized float32 Tensor, normalized on the device: a quarter
+    of the bytes cross over. Float images (bench, export, tests) are taken as they are."""
+    if images.dtype != np.uint8:
+        return Tensor(images)
+    return _normalize()(Tensor(images))
 
 
 def cross_entropy(logits, labels, num_classes: int, smoothing: float):
@@ -339,7 +366,7 @@ class Trainer:
 
     def train_on(self, batch: dict) -> dict:
         """One update on this rank's rows of a global batch, waited for: loss, top1, top5, lr, finite."""
-        return self.fetch([self.dispatch(Tensor(batch["image"]), Tensor(batch["label"]))])[0]
+        return self.fetch([self.dispatch(device_images(batch["image"]), Tensor(batch["label"]))])[0]
 
     @property
     def overflow_steps(self) -> int:
@@ -369,7 +396,7 @@ class Trainer:
         totals = None
         try:
             for batch in dataset.eval_batches(int(self.config.eval.batch_size)):
-                sums = self.eval_step(Tensor(batch["image"]), Tensor(batch["label"]), Tensor(batch["mask"]))
+                sums = self.eval_step(device_images(batch["image"]), Tensor(batch["label"]), Tensor(batch["mask"]))
                 totals = sums if totals is None else totals + sums  # added on the device, read once
         finally:
             if live is not None:
@@ -447,7 +474,7 @@ class MsEngine(loop.EngineCheckpoints):
                 f"{'dynamic' if scale.dynamic else float(scale.scale.asnumpy())})")
 
     def put(self, local_batch: dict):
-        return Tensor(local_batch["image"]), Tensor(local_batch["label"])
+        return device_images(local_batch["image"]), Tensor(local_batch["label"])
 
     def train_step(self, batch, step: int):
         self.trainer.step = step

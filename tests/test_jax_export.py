@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD, build_dataset
+from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD, build_dataset, normalize
 from mobilenets_jax import export as export_lib
 from mobilenets_jax import train
 from mobilenets_jax.checkpoints import Checkpoints
@@ -55,7 +55,7 @@ def run(tmp_path_factory):
     # The reference is rebuilt here from the checkpoint, independently of export.py.
     val = build_dataset(config, "validation")
     batch = next(iter(val.eval_batches(val.num_examples)))
-    images, labels = batch["image"], batch["label"]
+    images, labels = normalize(batch["image"]), batch["label"]
     trainer = train.Trainer(config, 1)
     ckpt = Checkpoints(workdir, read_only=True)
     state, _ = ckpt.restore(ckpt.latest_step(), trainer.init_state(0))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mobilenets_core import metrics as metrics_lib
-from mobilenets_core.data import build_dataset
+from mobilenets_core.data import build_dataset, normalize
 from mobilenets_jax import train
 from mobilenets_jax.checkpoints import Checkpoints
 from tests.helpers import tiny_train_config
@@ -139,7 +139,7 @@ def test_eval_counts_every_example_once_with_a_non_dividing_batch(uninterrupted)
     state, trainer = params_of(workdir, config)
     images, labels = [], []
     for batch in build_dataset(config, "validation").eval_batches(359):
-        images.append(batch["image"])
+        images.append(normalize(batch["image"]))
         labels.append(batch["label"])
     logits = trainer.module.apply({"params": state.params, "batch_stats": state.batch_stats},
                                   jnp.asarray(np.concatenate(images)), train=False)

@@ -17,7 +17,7 @@ from mindspore import Tensor, nn
 
 from mobilenets_core import weights as canonical
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD, build_dataset
+from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD, build_dataset, normalize
 from mobilenets_ms import export as export_lib
 from mobilenets_ms import models, train
 from mobilenets_ms.checkpoints import Checkpoints
@@ -62,7 +62,7 @@ def run(tmp_path_factory):
 
     val = build_dataset(config, "validation")
     batch = next(iter(val.eval_batches(val.num_examples)))
-    images, labels = batch["image"], batch["label"]
+    images, labels = normalize(batch["image"]), batch["label"]
     net = checkpoint_network(config, Checkpoints(workdir).path(STEPS))
     logits = net(Tensor(images)).asnumpy()
     return dict(config=config, workdir=workdir, paths=paths, printed=printed.getvalue(), images=images,

@@ -1,10 +1,16 @@
-"""Batches for the engines: order, sharding over hosts, and parallel decode+augment.
+"""Batches for the engines: order, sharding over hosts, and decode+augment in worker processes.
 
 The rules that make a run reproducible on any number of hosts and on either engine:
 - an epoch's order is a permutation of the split that depends on (train.seed, epoch) only;
 - an example's augmentation depends on (train.seed, epoch, example index) only;
 - the global batch of step s is order[s * B:(s + 1) * B]; a host takes its contiguous rows.
-So resuming at step s needs no state but (epoch, s), and skipped steps are never decoded.
+So resuming at step s needs no state but (epoch, s), and skipped steps are never decoded. Batches
+are uint8 {"image": (b, H, W, 3), "label", ("mask")}: the engines normalize on the device
+(`preprocess.normalize` is the reference), a quarter of the bytes to move as float32 would be.
+
+Decoding runs in `workers.py`'s processes (dataset.workers, one per core by default), each writing
+its rows into shared memory; where the records are small arrays already in memory (digits) the
+work is less than shipping it and runs in the calling process. The bytes are the same either way.
 
 A record that cannot be decoded (preprocess.BadImage) becomes a gray placeholder image with its
 label, counted in `decode_report` and listed in the log, so one bad file neither stops a week-long
@@ -14,33 +20,19 @@ MAX_BAD_FRACTION of the images decoded in a pass (and more than MAX_BAD_IMAGES) 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import functools
-import os
+import contextlib
 
 import numpy as np
 
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.data import preprocess
+from mobilenets_core.data import preprocess, workers
+from mobilenets_core.data.preprocess import example_rng
 from mobilenets_core.data.sources import SPLITS, DigitsSource, FolderSource, Source
+from mobilenets_core.failures import RunError
 
-# Domain tags keep the order stream and the augmentation streams independent.
-_ORDER_STREAM, _AUGMENT_STREAM = 0x0D3E, 0xA06E
-PREFETCH_BATCHES = 2  # batches being decoded ahead of the one handed out
+_ORDER_STREAM = 0x0D3E  # domain tag: the order stream never meets the augmentation streams
+PREFETCH_BATCHES = 2  # batches being decoded ahead of the one handed out (more with many workers)
 MAX_BAD_FRACTION, MAX_BAD_IMAGES = 0.1, 10
-
-
-@functools.lru_cache(maxsize=1)
-def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """One pool per process; PIL releases the GIL while decoding and resampling."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = int(os.environ.get("MOBILENETS_DATA_WORKERS", 0)) or min(32, usable)
-    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="mobilenets-data")
-
-
-def _seed_words(seed: int) -> list:
-    seed = int(seed) % (1 << 64)  # SeedSequence wants non-negative words
-    return [seed & 0xFFFFFFFF, seed >> 32]
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int, block_size: int | None = None) -> np.ndarray:
@@ -48,7 +40,7 @@ def epoch_order(num_examples: int, seed: int, epoch: int, block_size: int | None
 
     With blocks (streaming sources) the contiguous blocks of `block_size` indices are visited in a
     permuted order and permuted inside; without, it is one uniform permutation."""
-    rng = np.random.default_rng([_ORDER_STREAM, *_seed_words(seed), int(epoch)])
+    rng = np.random.default_rng([_ORDER_STREAM, *preprocess.seed_words(seed), int(epoch)])
     if not block_size or block_size >= num_examples:
         return rng.permutation(num_examples)
     starts = np.arange(0, num_examples, block_size)
@@ -59,15 +51,15 @@ def epoch_order(num_examples: int, seed: int, epoch: int, block_size: int | None
     return np.concatenate(parts)
 
 
-def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([_AUGMENT_STREAM, *_seed_words(seed), int(epoch), int(index)])
+__all__ = ["Dataset", "build_dataset", "epoch_order", "example_rng"]
 
 
 class Dataset:
     """One split of a source, as NumPy batches for one host."""
 
     def __init__(self, source: Source, *, image_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, max_pixels: int = preprocess.MAX_IMAGE_PIXELS):
+                 process_count: int = 1, max_pixels: int = preprocess.MAX_IMAGE_PIXELS,
+                 workers: int | None = None):
         if not isinstance(process_count, int) or process_count < 1:
             raise ValueError(f"process_count={process_count!r} must be a positive integer")
         if not 0 <= process_index < process_count:
@@ -80,6 +72,7 @@ class Dataset:
         self.num_classes, self.class_names = source.num_classes, list(source.class_names)
         self.image_size = image_size
         self.max_pixels = int(max_pixels)
+        self.workers = workers  # decode processes (None: workers.worker_count's default)
         self.seed = seed
         self.process_index, self.process_count = process_index, process_count
         self.decode_report = preprocess.DecodeReport()
@@ -150,31 +143,20 @@ class Dataset:
         local = global_batch // self.process_count
         first_row = self.process_index * local
         self._source.begin_pass(order)
-        pool = _decode_pool()
-        preprocess_one = functools.partial(preprocess.preprocess, size=self.image_size, train=train,
-                                           small=self._source.small_images, flip=self._source.flip,
-                                           max_pixels=self.max_pixels)
-        report = self.decode_report
-        placeholder = np.broadcast_to(np.round(preprocess.NORMALIZE_MEAN).astype(np.uint8),
-                                      (self.image_size, self.image_size, 3))
-        seen, bad_here = [0], []  # images decoded in this pass, and the bad ones among them
+        options = dict(size=self.image_size, train=train, small=self._source.small_images, flip=self._source.flip,
+                       seed=self.seed, epoch=epoch, max_pixels=self.max_pixels)
+        if self._source.in_memory:
+            decode = _InProcess(options, self.decode_report, local)
+        else:
+            decode = _InWorkers(options, self.decode_report, local, workers.worker_count(self.workers))
+        seen, bad = [0], [0]  # images decoded in this pass, and the bad ones among them
 
-        def work(record, index):
-            rng = example_rng(self.seed, epoch, index) if train else None
-            try:
-                return preprocess_one(record, rng=rng, report=report)
-            except preprocess.BadImage as e:
-                add = report.add_too_large if isinstance(e, preprocess.TooLarge) else report.add_bad
-                add(preprocess.describe_record(record), str(e))
-                bad_here.append((preprocess.describe_record(record), str(e)))  # list.append is atomic
-                return placeholder
-
-        def check_bad(rows):
+        def check_bad(rows, newly_bad):
             seen[0] += rows
-            bad = len(bad_here)
-            if bad > MAX_BAD_IMAGES and bad > MAX_BAD_FRACTION * seen[0]:
-                what, reason = bad_here[-1]
-                raise ConfigError(f"{bad} of the last {seen[0]} images of {self.name} {self.split} could not be "
+            bad[0] += len(newly_bad)
+            if newly_bad and bad[0] > MAX_BAD_IMAGES and bad[0] > MAX_BAD_FRACTION * seen[0]:
+                what, reason = newly_bad[-1]
+                raise ConfigError(f"{bad[0]} of the last {seen[0]} images of {self.name} {self.split} could not be "
                                   f"decoded (latest: {what}: {reason}); fix or remove those files, or check "
                                   f"that dataset.path / dataset.name point at image data")
 
@@ -183,37 +165,112 @@ class Dataset:
             valid = positions < len(order)
             indices = order[positions[valid]]
             records, labels = self._source.read(indices)
-            futures = [pool.submit(work, record, index) for record, index in zip(records, indices.tolist())]
-            return futures, labels, valid
+            return decode.submit(np.flatnonzero(valid), records, indices.tolist()), labels, valid
 
-        def assemble(futures, labels, valid):
-            images = np.zeros((local, self.image_size, self.image_size, 3), np.uint8)
-            rows = np.flatnonzero(valid)
-            for row, future in zip(rows, futures):  # each result lands in its own row
-                images[row] = future.result()
-            check_bad(len(rows))
-            batch = {"image": preprocess.normalize(images), "label": np.zeros((local,), np.int32)}
-            batch["label"][rows] = labels
+        def assemble(job, labels, valid):
+            images, newly_bad = decode.collect(job)
+            check_bad(int(valid.sum()), newly_bad)
+            batch = {"image": images, "label": np.zeros((local,), np.int32)}
+            batch["label"][valid] = labels
             if not train:
-                batch["image"][~valid] = 0.0
+                batch["image"][~valid] = 0
                 batch["mask"] = valid
             return batch
 
         def generate():
             pending = collections.deque()
             upcoming = iter(steps)
-            for step in upcoming:
-                pending.append(submit(step))
-                if len(pending) > PREFETCH_BATCHES:
-                    break
-            while pending:
-                batch = assemble(*pending.popleft())
-                step = next(upcoming, None)
-                if step is not None:
+            try:
+                for step in upcoming:
                     pending.append(submit(step))
-                yield batch
+                    if len(pending) > decode.ahead:
+                        break
+                while pending:
+                    batch = assemble(*pending.popleft())
+                    step = next(upcoming, None)
+                    if step is not None:
+                        pending.append(submit(step))
+                    yield batch
+            finally:  # also when the consumer stops early: nothing of this pass outlives it
+                decode.close(job for job, _, _ in pending)
 
         return generate()
+
+
+class _InProcess:
+    """Decode in the calling process (records already in memory: shipping them costs more)."""
+
+    ahead = 0
+
+    def __init__(self, options: dict, report: preprocess.DecodeReport, rows: int):
+        self.options, self.report, self.rows = options, report, rows
+
+    def submit(self, rows, records, indices):
+        return rows, records, indices
+
+    def collect(self, job):
+        rows, records, indices = job
+        size = self.options["size"]
+        images = np.zeros((self.rows, size, size, 3), np.uint8)
+        before = len(self.report.bad) + len(self.report.too_large)
+        for row, record, index in zip(rows, records, indices):
+            images[row] = preprocess.decode_example(record, index, report=self.report, **self.options)
+        newly_bad = (self.report.bad + self.report.too_large)[before:]
+        return images, newly_bad
+
+    def close(self, jobs):
+        del jobs
+
+
+class _InWorkers:
+    """Decode in `workers.py`'s processes, a batch per slot of a shared-memory ring."""
+
+    def __init__(self, options: dict, report: preprocess.DecodeReport, rows: int, count: int):
+        self.options, self.report, self.rows = options, report, rows
+        # enough batches in flight to give every worker two tasks
+        self.ahead = max(PREFETCH_BATCHES, -(-2 * count * workers.CHUNK_ROWS // max(1, rows)))
+        try:
+            self.pool = workers.pool(count)
+        except OSError as e:
+            raise RunError(f"could not start {count} data worker processes ({e.strerror or e}); lower "
+                           f"dataset.workers (or MOBILENETS_DATA_WORKERS)") from None
+        self.ring = workers.SlotRing(self.ahead + 2, rows, options["size"])
+        self.free = collections.deque(range(self.ahead + 2))
+
+    def submit(self, rows, records, indices):
+        slot = self.free.popleft()
+        chunk = workers.CHUNK_ROWS
+        with self._reporting_deaths():
+            tasks = [self.pool.submit("decode_rows", self.ring.path, self.ring.shape, slot,
+                                      rows[start:start + chunk].tolist(), list(records[start:start + chunk]),
+                                      indices[start:start + chunk], self.options)
+                     for start in range(0, len(rows), chunk)]
+        return slot, tasks
+
+    def collect(self, job):
+        slot, tasks = job
+        newly_bad = []
+        for task in tasks:
+            with self._reporting_deaths():
+                counts = self.pool.result(task)
+            self.report.merge(counts)
+            newly_bad += counts["bad"] + counts["too_large"]
+        images = self.ring.array[slot].copy()
+        self.free.append(slot)
+        return images, newly_bad
+
+    @contextlib.contextmanager
+    def _reporting_deaths(self):
+        try:
+            yield
+        except workers.WorkerDied as e:
+            workers.forget_pool()  # the next pass starts a fresh pool
+            raise RunError(f"{e}; it may have run out of memory: lower dataset.workers (or "
+                           f"MOBILENETS_DATA_WORKERS), then run again to resume") from None
+
+    def close(self, jobs):
+        self.pool.abandon(task for _, tasks in jobs for task in tasks)
+        self.ring.close()
 
 
 def build_dataset(config, split: str, *, process_index: int = 0, process_count: int = 1) -> Dataset:
@@ -234,4 +291,5 @@ def build_dataset(config, split: str, *, process_index: int = 0, process_count: 
         source = TfdsSource(name, data.get("data_dir"), split)
     return Dataset(source, image_size=data.image_size, seed=config.train.seed,
                    process_index=process_index, process_count=process_count,
-                   max_pixels=data.get("max_image_pixels") or preprocess.MAX_IMAGE_PIXELS)
+                   max_pixels=data.get("max_image_pixels") or preprocess.MAX_IMAGE_PIXELS,
+                   workers=data.get("workers"))

@@ -94,6 +94,20 @@ class DecodeReport:
         with self._lock:
             self.rotated += 1
 
+    def counts(self) -> dict:
+        """What was counted, as plain data (a worker process sends it back to `merge`)."""
+        with self._lock:
+            return {"converted": dict(self.converted), "truncated": list(self.truncated), "bad": list(self.bad),
+                    "too_large": list(self.too_large), "rotated": self.rotated}
+
+    def merge(self, counts: dict) -> None:
+        with self._lock:
+            self.converted.update(counts["converted"])
+            self.truncated.extend(counts["truncated"])
+            self.bad.extend(map(tuple, counts["bad"]))
+            self.too_large.extend(map(tuple, counts["too_large"]))
+            self.rotated += counts["rotated"]
+
     def summary(self) -> str | None:
         """One line of everything counted since the last reset, or None if nothing happened."""
         with self._lock:
@@ -327,7 +341,39 @@ def small_eval(image: Image.Image, size: int) -> np.ndarray:
     return _resize_square(image, size)
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- entry points
+
+_AUGMENT_STREAM = 0xA06E  # domain tag: the augmentation streams never meet the order stream (dataset.py)
+
+
+def seed_words(seed: int) -> list:
+    seed = int(seed) % (1 << 64)  # SeedSequence wants non-negative words
+    return [seed & 0xFFFFFFFF, seed >> 32]
+
+
+def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of every random choice made for example `index` in `epoch`."""
+    return np.random.default_rng([_AUGMENT_STREAM, *seed_words(seed), int(epoch), int(index)])
+
+
+def placeholder(size: int) -> np.ndarray:
+    """What a record that cannot be decoded becomes: the mean color (0 after normalization)."""
+    return np.broadcast_to(np.round(NORMALIZE_MEAN).astype(np.uint8), (size, size, 3))
+
+
+def decode_example(record, index: int, *, size: int, train: bool, small: bool, flip: bool, seed: int, epoch: int,
+                   max_pixels: int = MAX_IMAGE_PIXELS, report: DecodeReport) -> np.ndarray:
+    """Example `index` of a pass as uint8 (size, size, 3): `preprocess` with its own generator; a record
+    that cannot be decoded is counted in `report` and becomes the placeholder."""
+    rng = example_rng(seed, epoch, index) if train else None
+    try:
+        return preprocess(record, size=size, train=train, small=small, flip=flip, rng=rng, report=report,
+                          max_pixels=max_pixels)
+    except BadImage as e:
+        add = report.add_too_large if isinstance(e, TooLarge) else report.add_bad
+        add(describe_record(record), str(e))
+        return placeholder(size)
+
 
 
 def preprocess(record, *, size: int, train: bool, small: bool, flip: bool,

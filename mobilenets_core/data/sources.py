@@ -31,6 +31,7 @@ class Source:
     small_images: bool  # which preprocessing policy applies (preprocess.is_small_image)
     flip: bool  # whether a horizontal mirror is still an example of the same class
     block_size = None  # None: any index can be read at equal cost
+    in_memory = False  # True: records are small arrays in memory, decoded in the calling process
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +74,8 @@ def digits_split_indices(split: str) -> np.ndarray:
 
 class DigitsSource(Source):
     """scikit-learn's 1797 8x8 handwritten digits, stored as uint8 grayscale."""
+
+    in_memory = True
 
     def __init__(self, split: str):
         images, labels = _digits_arrays()
