@@ -4,8 +4,9 @@ tf.data with fused decode-and-crop, on the same files, in one run.
     .venv/bin/python benchmarks/data_pipeline.py [--images 512] [--size 224] [--workers 1 2] [--rounds 3]
 
 Writes synthetic 500x375 JPEGs (quality 90, smooth random fields that compress like photos) into a
-temporary image folder, then, for each round, times one training epoch of each pipeline in turn
-(after one warm-up epoch each): ours (`mobilenets_core.data`, random resized crop + flip, uint8
+temporary image folder, then, for each round, times one training epoch of each pipeline in turn,
+each in a process of its own (after one warm-up epoch there; TensorFlow's thread pools in the
+process would slow the pipeline measured after them): ours (`mobilenets_core.data`, random resized crop + flip, uint8
 batches of --batch) with N worker processes, and the anchor, tf.data doing what the flax ImageNet
 example and big_vision do (`tf.image.sample_distorted_bounding_box` + `tf.image.decode_and_crop_jpeg`,
 bilinear resize, flip, normalize, batch) with N threads (`private_threadpool_size` and
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,6 +95,19 @@ def tf_anchor(paths: list, size: int, batch: int, threads: int):
     return one_epoch
 
 
+def measure(pipeline: str, root: str, size: int, batch: int, count: int) -> float:
+    """Images/s of one training epoch of `pipeline` after a warm-up epoch, in this process."""
+    if pipeline == "ours":
+        one_epoch = ours(root, size, batch, count)
+    else:
+        paths = sorted(os.path.join(d, f) for d, _, files in os.walk(os.path.join(root, "train")) for f in files)
+        one_epoch = tf_anchor(paths, size, batch, count)
+    one_epoch()
+    start = time.perf_counter()
+    seen = one_epoch()
+    return seen / (time.perf_counter() - start)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
@@ -101,23 +116,22 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tf", action="store_true", help="ours only (no TensorFlow import)")
+    parser.add_argument("--one", nargs=2, metavar=("PIPELINE", "ROOT"), help=argparse.SUPPRESS)  # a child's task
     args = parser.parse_args()
+    if args.one:
+        print(measure(args.one[0], args.one[1], args.size, args.batch, args.workers[0]))
+        return
+    pipelines = ["ours"] + ([] if args.no_tf else ["tf.data"])
     with tempfile.TemporaryDirectory() as root:
-        paths = write_folder(root, args.images)
-        runs = {}
-        for count in args.workers:
-            runs[("ours", count)] = ours(root, args.size, args.batch, count)
-            if not args.no_tf:
-                runs[("tf.data", count)] = tf_anchor(paths, args.size, args.batch, count)
-        times = {key: [] for key in runs}
-        for round_ in range(args.rounds + 1):  # round 0 warms up every pipeline (worker start, tracing)
-            for (name, count), one_epoch in runs.items():
-                if name == "ours":
-                    workers.pool(count)  # one pool at a time: started before the clock
-                start = time.perf_counter()
-                seen = one_epoch()
-                if round_:
-                    times[(name, count)].append(seen / (time.perf_counter() - start))
+        write_folder(root, args.images)
+        times = {(name, count): [] for count in args.workers for name in pipelines}
+        for round_ in range(args.rounds):
+            keys = list(times) if round_ % 2 == 0 else list(times)[::-1]  # alternate who goes first
+            for name, count in keys:
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", name, root,
+                                      "--size", str(args.size), "--batch", str(args.batch), "--workers", str(count)],
+                                     capture_output=True, text=True, check=True)
+                times[(name, count)].append(float(out.stdout.strip().splitlines()[-1]))
         rates = {key: statistics.median(values) for key, values in times.items()}
         cpu = platform.processor() or platform.machine()
         for (name, count), rate in rates.items():

@@ -76,11 +76,14 @@ def fed_data(config) -> str | None:
     return None if name == SYNTHETIC else name
 
 
-def fed_seconds_per_step(config, settings: dict, put, run_step, wait) -> tuple[float, float]:
-    """(median seconds per training step, milliseconds per step spent waiting for data), the steps fed
-    by config.dataset's real pipeline, epoch after epoch, with the loop's transfer ahead.
+def fed_seconds_per_step(config, settings: dict, put, run_step, wait, synthetic_step) -> tuple[float, float, float]:
+    """(median seconds per training step fed by config.dataset's real pipeline, epoch after epoch with the
+    loop's transfer ahead; milliseconds per step spent waiting for data; median seconds per step on the
+    synthetic batch). The two are timed in alternation, run by run, so that the machine's drift falls on
+    both alike.
 
-    put(local_batch) -> device batch; run_step(device batch) launches a step; wait(outputs) blocks."""
+    put(local_batch) -> device batch; run_step(device batch) launches a fed step; synthetic_step()
+    launches a step on the synthetic batch; wait(outputs) blocks until they exist."""
     from mobilenets_core.data import build_dataset
     from mobilenets_core.loop import InputWait, on_device
 
@@ -96,17 +99,22 @@ def fed_seconds_per_step(config, settings: dict, put, run_step, wait) -> tuple[f
     for _ in range(settings["warmup_steps"]):
         wait(run_step(next(feed)))
     waited.take()
-    per_step = []
-    for _ in range(settings["repeats"]):
+
+    def timed(launch) -> float:
         start = time.perf_counter()
         out = None
         for _ in range(settings["steps"]):
-            out = run_step(next(feed))
+            out = launch()
         wait(out)
-        per_step.append((time.perf_counter() - start) / settings["steps"])
+        return (time.perf_counter() - start) / settings["steps"]
+
+    fed, synthetic = [], []
+    for _ in range(settings["repeats"]):
+        fed.append(timed(lambda: run_step(next(feed))))
+        synthetic.append(timed(synthetic_step))
     data_ms = 1000 * waited.take() / (settings["repeats"] * settings["steps"])
     feed.close()
-    return statistics.median(per_step), data_ms
+    return statistics.median(fed), data_ms, statistics.median(synthetic)
 
 
 def synthetic_batch(config) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +145,9 @@ def result_record(config, settings: dict, *, backend: str, version: str, device:
     """The one JSON line --mode=bench prints (and returns), with the same keys on both engines:
     benchmarks/ and BENCHMARKS.md read them. `device_peak_bytes` is the device allocator's peak where
     the engine reports one, else the process's peak RSS is the memory figure; `engine_fields`
-    (conv_impl, ...) go after the memory, `{backend: version}` before the host. `fed` is
-    (seconds per step, data_ms) of `fed_seconds_per_step`: train_images_per_sec is then that figure,
-    beside synthetic_train_images_per_sec."""
+    (conv_impl, ...) go after the memory, `{backend: version}` before the host. `fed` is what
+    `fed_seconds_per_step` returns: train_images_per_sec is then the fed figure, beside the synthetic
+    one timed in alternation with it (train_s stays the first, separate synthetic measurement)."""
     batch = settings["batch_size"]
     if device_peak_bytes is None:
         memory, memory_source = process_peak_rss(), "process peak RSS"
@@ -153,8 +161,8 @@ def result_record(config, settings: dict, *, backend: str, version: str, device:
         "step_ms": round(1000 * train_s, 2), "infer_ms": round(1000 * infer_s, 2),
         **({} if fed is None else {
             "data": fed_data(config), "train_images_per_sec": round(batch / fed[0], 2),
-            "synthetic_train_images_per_sec": round(batch / train_s, 2), "fed_step_ms": round(1000 * fed[0], 2),
-            "data_ms": round(fed[1], 2), "fed_vs_synthetic": round(train_s / fed[0], 3)}),
+            "synthetic_train_images_per_sec": round(batch / fed[2], 2), "fed_step_ms": round(1000 * fed[0], 2),
+            "data_ms": round(fed[1], 2), "fed_vs_synthetic": round(fed[2] / fed[0], 3)}),
         "peak_memory": memory, "peak_memory_source": memory_source, **(engine_fields or {}),
         "warmup_steps": settings["warmup_steps"], "steps": settings["steps"], "repeats": settings["repeats"],
         "first_train_step_s": round(train_first_s, 2), "first_infer_s": round(infer_first_s, 2),

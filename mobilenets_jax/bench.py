@@ -49,7 +49,7 @@ def bench(config, workdir: str | None = None) -> dict:
             state, metrics = trainer.train_step(state, batch)
             return metrics["loss"]
 
-        fed = fed_seconds_per_step(config, settings, trainer.to_global, fed_step, jax.block_until_ready)
+        fed = fed_seconds_per_step(config, settings, trainer.to_global, fed_step, jax.block_until_ready, train_step)
 
     module = trainer.module
     infer = jax.jit(lambda params, stats, x: module.apply({"params": params, "batch_stats": stats}, x, train=False),

@@ -60,7 +60,7 @@ def bench(config, workdir: str | None = None) -> dict:
     fed = None
     if fed_data(config):
         fed = fed_seconds_per_step(config, settings, lambda b: (device_images(b["image"]), Tensor(b["label"])),
-                                   lambda batch: trainer.train_step(*batch, *step), _wait)
+                                   lambda batch: trainer.train_step(*batch, *step), _wait, train_step)
 
     net = trainer.inference_net()
     infer_s, infer_first_s = median_seconds_per_step(lambda: net(images), _wait, warmup, steps, repeats)

@@ -60,6 +60,25 @@ def test_bench_prints_one_record_without_tensorflow_and_writes_nothing(backend, 
     assert sorted(os.listdir(ROOT)) == before
 
 
+@pytest.mark.parametrize("backend", ["jax", "mindspore"])
+def test_bench_fed_by_an_image_folder_reports_both_figures_without_tensorflow(backend, tmp_path):
+    from PIL import Image
+
+    for i in range(12):
+        folder = tmp_path / "photos" / "train" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 72), (20 * i, 100, 200)).save(folder / f"{i}.jpg")
+    (tmp_path / "photos" / "validation").mkdir()
+    record, imported = bench_record(run_main(*TINY, f"--backend={backend}", "--mode=bench", "--config.bench.data=folder",
+                                             f"--config.dataset.path={tmp_path / 'photos'}"))
+    assert record["data"] == "folder" and record["data_ms"] >= 0
+    assert record["train_images_per_sec"] == pytest.approx(4 / (record["fed_step_ms"] / 1000), rel=0.02)
+    assert record["synthetic_train_images_per_sec"] > 0
+    assert record["fed_vs_synthetic"] == pytest.approx(
+        record["train_images_per_sec"] / record["synthetic_train_images_per_sec"], rel=0.02)
+    assert "tensorflow" not in imported
+
+
 @pytest.mark.parametrize("override,message", [
     ("--config.bench.steps=0", "error: bench.steps=0 must be at least 1"),
     ("--config.bench.warmup_steps=-1", "error: bench.warmup_steps=-1 must not be negative"),

@@ -203,6 +203,11 @@ def _looks_truncated(data: bytes) -> bool:
     return False
 
 
+def _has_exif(image: Image.Image) -> bool:
+    """Whether the file carries EXIF at all (most training images do not): parsing it costs more."""
+    return "exif" in image.info or "Raw profile type exif" in image.info
+
+
 def _decode(record, report: DecodeReport | None, max_pixels: int = MAX_IMAGE_PIXELS):
     """The record as a PIL image (lazy unless it had to be loaded), upright; BadImage if it is no
     image, TooLarge if it has more than `max_pixels`."""
@@ -238,7 +243,7 @@ def _decode(record, report: DecodeReport | None, max_pixels: int = MAX_IMAGE_PIX
     if report is not None and image.mode != "RGB" and data is not None:
         report.add_converted(image.mode)
     try:
-        if data is not None and image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+        if data is not None and _has_exif(image) and image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
             image = ImageOps.exif_transpose(image)  # decodes the whole image: no reduced-scale draft for these
             if report is not None:
                 report.add_rotated()
@@ -299,7 +304,9 @@ def imagenet_train(image: Image.Image, size: int, rng: np.random.Generator, flip
     sx, sy = _draft(image, math.ceil(width * size / w), math.ceil(height * size / h))
     box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
     out = to_rgb(image).resize((size, size), Image.BILINEAR, box=box)
-    return _maybe_flip(np.asarray(out), flip, rng)
+    if flip and rng.random() < 0.5:  # the same draw as _maybe_flip; PIL mirrors without a strided copy
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out)
 
 
 def imagenet_eval(image: Image.Image, size: int) -> np.ndarray:

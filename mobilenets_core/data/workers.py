@@ -34,6 +34,9 @@ import traceback
 import numpy as np
 
 CHUNK_ROWS = 8  # rows per task: large enough to amortize the task round trip, small enough to balance
+# Workers yield the CPU to the training step's threads: a worker preempting one of the step's
+# parallel threads stalls all of them (a straggler); niced, the workers fill the step's idle time.
+NICENESS = 10
 _SHARED_DIRS = ("/dev/shm",)  # memory-backed where the OS has one; the temp dir otherwise
 
 
@@ -240,6 +243,7 @@ def serve(commands: int, replies: int) -> None:
     """A worker's life: run each task read from `commands`, reply on `replies`, until the pipe closes."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    os.nice(NICENESS)
     with os.fdopen(commands, "rb") as incoming, os.fdopen(replies, "wb") as outgoing:
         while True:
             try:
