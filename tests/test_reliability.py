@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -501,6 +502,11 @@ def test_an_image_too_large_to_decode_is_skipped_with_its_size_never_called_corr
         f"folder train: 1 image(s) too large to decode replaced by a gray placeholder (first: "
         f"{root}/train/0/0-huge.png: 15000x15000 pixels, above dataset.max_image_pixels=178956970; raise it to "
         f"train on such images)")
+    # a valid image above PIL's own bomb limit (89 Mpixels) but below ours opens as an image, not "corrupt"
+    Image.new("1", (12000, 12000)).save(tmp_path / "big.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning would be an error here
+        assert preprocess._decode(str(tmp_path / "big.png"), None).size == (12000, 12000)
     # a limit of its own: the 32x32 digits decode, a 100x100 image is skipped
     Image.new("RGB", (100, 100)).save(root / "train" / "1" / "big.png")
     config.dataset.max_image_pixels = 5000
