@@ -12,6 +12,10 @@ example and big_vision do (`tf.image.sample_distorted_bounding_box` + `tf.image.
 bilinear resize, flip, normalize, batch) with N threads (`private_threadpool_size` and
 `num_parallel_calls` = N). Prints one JSON line per configuration with the median over rounds,
 images/s per worker, and ours / tf.data at the same N. `--no-tf` skips the anchor (no TensorFlow).
+
+`--tfds` also writes the same JPEGs as a prepared TFDS dataset and times ours reading it (blocks
+of 256 examples, the next block read in the background while one is decoded), and
+the raw block reads alone: whether reading ever limits decoding.
 """
 import argparse
 import json
@@ -95,10 +99,75 @@ def tf_anchor(paths: list, size: int, batch: int, threads: int):
     return one_epoch
 
 
+TFDS_NAME, TFDS_BLOCK = "mobilenets_bench_jpegs", 256
+
+
+def tfds_builder(root: str):
+    """The folder's train JPEGs (bytes as they are) as a TFDS dataset prepared under root/tfds."""
+    import tensorflow_datasets as tfds
+
+    class MobilenetsBenchJpegs(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        url_infos, _checksums_path = None, None  # no checksum files to look up
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(num_classes=4)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples("train"), "validation": self._generate_examples("validation")}
+
+        def _generate_examples(self, split):
+            folder = os.path.join(root, split)
+            for name in sorted(os.listdir(folder)):
+                for file in sorted(os.listdir(os.path.join(folder, name))):
+                    yield f"{name}/{file}", {"image": os.path.join(folder, name, file), "label": int(name[-1])}
+
+    return MobilenetsBenchJpegs(data_dir=os.path.join(root, "tfds"))
+
+
+def ours_tfds(root: str, size: int, batch: int, count: int):
+    from mobilenets_core.data import tfds_source
+
+    tfds_builder(root)  # registers the name
+    tfds_source.TFDS_BLOCK_SIZE = TFDS_BLOCK
+    config = base.get_config()
+    config.dataset.name, config.dataset.data_dir, config.dataset.image_size = TFDS_NAME, os.path.join(root, "tfds"), size
+    config.dataset.workers = count
+    dataset = build_dataset(config, "train")
+    epoch = [0]
+
+    def one_epoch() -> int:
+        epoch[0] += 1
+        return sum(len(b["label"]) for b in dataset.train_batches(batch, epoch=epoch[0]))
+
+    return one_epoch
+
+
+def tfds_reads(root: str):
+    """Images/s of reading every block of the split, one after another, encoded (no decoding)."""
+    from mobilenets_core.data import tfds_source
+
+    tfds_builder(root)
+    tfds_source.TFDS_BLOCK_SIZE = TFDS_BLOCK
+    source = tfds_source.TfdsSource(TFDS_NAME, os.path.join(root, "tfds"), "train")
+
+    def one_epoch() -> int:
+        blocks = range(-(-source.num_examples // source.block_size))
+        return sum(len(source._load_block(b)[1]) for b in blocks)
+
+    return one_epoch
+
+
 def measure(pipeline: str, root: str, size: int, batch: int, count: int) -> float:
     """Images/s of one training epoch of `pipeline` after a warm-up epoch, in this process."""
     if pipeline == "ours":
         one_epoch = ours(root, size, batch, count)
+    elif pipeline == "ours-tfds":
+        one_epoch = ours_tfds(root, size, batch, count)
+    elif pipeline == "tfds-reads":
+        one_epoch = tfds_reads(root)
     else:
         paths = sorted(os.path.join(d, f) for d, _, files in os.walk(os.path.join(root, "train")) for f in files)
         one_epoch = tf_anchor(paths, size, batch, count)
@@ -116,6 +185,7 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tf", action="store_true", help="ours only (no TensorFlow import)")
+    parser.add_argument("--tfds", action="store_true", help="also ours from a prepared TFDS copy, and its reads")
     parser.add_argument("--one", nargs=2, metavar=("PIPELINE", "ROOT"), help=argparse.SUPPRESS)  # a child's task
     args = parser.parse_args()
     if args.one:
@@ -125,6 +195,10 @@ def main():
     with tempfile.TemporaryDirectory() as root:
         write_folder(root, args.images)
         times = {(name, count): [] for count in args.workers for name in pipelines}
+        if args.tfds:
+            tfds_builder(root).download_and_prepare()
+            times.update({("ours-tfds", count): [] for count in args.workers})
+            times[("tfds-reads", 1)] = []
         for round_ in range(args.rounds):
             keys = list(times) if round_ % 2 == 0 else list(times)[::-1]  # alternate who goes first
             for name, count in keys:
