@@ -51,10 +51,11 @@ def write_folder(root: str, images: int) -> list:
     return paths
 
 
-def ours(root: str, size: int, batch: int, count: int):
+def _our_epochs(dataset_fields: dict, size: int, batch: int, count: int):
+    """A function running one more training epoch of our pipeline on config.dataset = dataset_fields."""
     config = base.get_config()
-    config.dataset.name, config.dataset.path, config.dataset.image_size = "folder", root, size
-    config.dataset.workers = count
+    config.dataset.update(dataset_fields)
+    config.dataset.image_size, config.dataset.workers = size, count
     dataset = build_dataset(config, "train")
     epoch = [0]
 
@@ -63,6 +64,10 @@ def ours(root: str, size: int, batch: int, count: int):
         return sum(len(b["label"]) for b in dataset.train_batches(batch, epoch=epoch[0]))
 
     return one_epoch
+
+
+def ours(root: str, size: int, batch: int, count: int):
+    return _our_epochs({"name": "folder", "path": root}, size, batch, count)
 
 
 def tf_anchor(paths: list, size: int, batch: int, threads: int):
@@ -132,17 +137,7 @@ def ours_tfds(root: str, size: int, batch: int, count: int):
 
     tfds_builder(root)  # registers the name
     tfds_source.TFDS_BLOCK_SIZE = TFDS_BLOCK
-    config = base.get_config()
-    config.dataset.name, config.dataset.data_dir, config.dataset.image_size = TFDS_NAME, os.path.join(root, "tfds"), size
-    config.dataset.workers = count
-    dataset = build_dataset(config, "train")
-    epoch = [0]
-
-    def one_epoch() -> int:
-        epoch[0] += 1
-        return sum(len(b["label"]) for b in dataset.train_batches(batch, epoch=epoch[0]))
-
-    return one_epoch
+    return _our_epochs({"name": TFDS_NAME, "data_dir": os.path.join(root, "tfds")}, size, batch, count)
 
 
 def tfds_reads(root: str):
