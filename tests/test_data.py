@@ -184,6 +184,32 @@ def test_worker_processes_keep_host_sharding_and_mid_epoch_resume(photo_folder):
     np.testing.assert_array_equal(first["image"], whole[0]["image"])
 
 
+def test_a_finished_pass_lends_its_ring_to_the_next_one_a_stopped_one_unlinks_it(photo_folder, tmp_path):
+    from mobilenets_core.data import workers
+
+    config = data_config("folder", image_size=32, seed=4, path=photo_folder, workers=2)
+    dataset = data.build_dataset(config, "train")
+    workers.close_spare_rings()
+    first = all_train_batches(dataset, 8, epoch=1)
+    (spare,) = workers._SPARE_RINGS
+    again = all_train_batches(dataset, 8, epoch=1)  # decoded into the same ring: the same bytes
+    assert workers._SPARE_RINGS == [spare] and os.path.exists(spare.path)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    batches = dataset.train_batches(8, epoch=1)
+    next(batches)
+    assert workers._SPARE_RINGS == []  # the pass holds it
+    batches.close()  # stopped with tasks in flight: they may still write into the ring
+    assert workers._SPARE_RINGS == [] and not os.path.exists(spare.path)
+    # a ring file left by a process that was killed is removed by the next ring made there
+    orphan = tmp_path / "mobilenets-batches-999999999-abc"
+    orphan.write_bytes(b"x")
+    alive = tmp_path / f"mobilenets-batches-{os.getpid()}-abc"
+    alive.write_bytes(b"x")
+    workers._remove_orphan_rings(str(tmp_path))
+    assert not orphan.exists() and alive.exists()
+
+
 def test_a_worker_that_dies_is_one_line_naming_it(photo_folder):
     from mobilenets_core.data import workers
     from mobilenets_core.failures import RunError
@@ -288,6 +314,57 @@ def test_jpeg_train_crop_is_deterministic_per_example():
     other = preprocess.preprocess(encoded, size=64, train=True, small=False, flip=True,
                                   rng=dataset_lib.example_rng(0, 2, 17))
     assert not np.array_equal(outs[0], other)
+
+
+def test_plain_jpegs_decode_directly_to_the_pixels_pil_decodes(monkeypatch):
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    encoded = {}
+    for name, options in (("baseline", {}), ("4:4:4", {"subsampling": 0}), ("progressive", {"progressive": True})):
+        buffer = io.BytesIO()
+        Image.fromarray(small).resize((517, 389), Image.BICUBIC).save(buffer, "JPEG", quality=90, **options)
+        encoded[name] = buffer.getvalue()
+    direct_calls = []
+    decode_jpeg = preprocess.simplejpeg.decode_jpeg
+    monkeypatch.setattr(preprocess.simplejpeg, "decode_jpeg", lambda *a, **k: direct_calls.append(1) or decode_jpeg(*a, **k))
+    # every DCT scale PIL's draft would pick: 1, 1/2 and 1/4 (crops at least 2x and 4x the output)
+    sizes = (224, 120, 60)
+    direct = {(name, size, i): preprocess.preprocess(data, size=size, train=True, small=False, flip=True,
+                                                    rng=dataset_lib.example_rng(1, 0, i))
+              for name, data in encoded.items() for size in sizes for i in range(4)}
+    assert len(direct_calls) == len(direct)
+    image, jpeg = preprocess._decode(encoded["baseline"], None)
+    assert jpeg == encoded["baseline"] and image.size == (517, 389)
+    monkeypatch.setattr(preprocess.simplejpeg, "decode_jpeg", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    for (name, size, i), pixels in direct.items():  # the PIL path decodes the same bytes to the same pixels
+        through_pil = preprocess.preprocess(encoded[name], size=size, train=True, small=False, flip=True,
+                                            rng=dataset_lib.example_rng(1, 0, i))
+        assert pixels.shape == (size, size, 3) and pixels.flags.c_contiguous
+        np.testing.assert_array_equal(pixels, through_pil, err_msg=f"{name} at {size} px, example {i}")
+    # not plain JPEGs: PIL decodes them (grayscale, PNG)
+    gray, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(small[..., 0]).save(gray, "JPEG")
+    Image.fromarray(small).save(png, "PNG")
+    assert preprocess._decode(gray.getvalue(), None)[1] is None and preprocess._decode(png.getvalue(), None)[1] is None
+
+
+def test_training_crop_resize_is_bilinear_without_antialiasing():
+    flat = np.full((300, 400, 3), 77, np.uint8)
+    out = preprocess.preprocess(flat, size=64, train=True, small=False, flip=True, rng=np.random.default_rng(0))
+    assert (out == 77).all()
+    # columns alternating 0 / 240, cropped and shrunk about 5x: antialiasing would give ~120
+    # everywhere; bilinear at half-pixel centers (tf.data's, OpenCV's) gives this, column by column
+    stripes = np.zeros((300, 400, 3), np.uint8)
+    stripes[:, 1::2] = 240
+    left, top, w, h = preprocess.random_resized_crop_box(400, 300, np.random.default_rng(2))
+    out = preprocess.preprocess(stripes, size=32, train=True, small=False, flip=False, rng=np.random.default_rng(2))
+    x = np.clip((np.arange(32) + 0.5) * w / 32 - 0.5, 0, w - 1)
+    column = stripes[0, left:left + w, 0].astype(np.float64)
+    below = np.floor(x).astype(int)
+    expected = column[below] * (1 - (x - below)) + column[np.minimum(below + 1, w - 1)] * (x - below)
+    assert w / 32 > 4 and np.ptp(expected) > 100
+    np.testing.assert_allclose(out[h // 64, :, 0], expected, atol=1.01)
+    assert (out == out[:1]).all()  # every row the same: stripes are vertical
 
 
 def test_small_image_train_pads_crops_and_flips_only_when_allowed():

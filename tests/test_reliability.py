@@ -506,7 +506,7 @@ def test_an_image_too_large_to_decode_is_skipped_with_its_size_never_called_corr
     Image.new("1", (12000, 12000)).save(tmp_path / "big.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PIL's DecompressionBombWarning would be an error here
-        assert preprocess._decode(str(tmp_path / "big.png"), None).size == (12000, 12000)
+        assert preprocess._decode(str(tmp_path / "big.png"), None)[0].size == (12000, 12000)
     # a limit of its own: the 32x32 digits decode, a 100x100 image is skipped
     Image.new("RGB", (100, 100)).save(root / "train" / "1" / "big.png")
     config.dataset.max_image_pixels = 5000

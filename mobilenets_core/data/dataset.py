@@ -234,7 +234,7 @@ class _InWorkers:
         except OSError as e:
             raise RunError(f"could not start {count} data worker processes ({e.strerror or e}); lower "
                            f"dataset.workers (or MOBILENETS_DATA_WORKERS)") from None
-        self.ring = workers.SlotRing(self.ahead + 2, rows, options["size"])
+        self.ring = workers.take_ring(self.ahead + 2, rows, options["size"])
         self.free = collections.deque(range(self.ahead + 2))
 
     def submit(self, rows, records, indices):
@@ -269,8 +269,9 @@ class _InWorkers:
                            f"MOBILENETS_DATA_WORKERS), then run again to resume") from None
 
     def close(self, jobs):
-        self.pool.abandon(task for _, tasks in jobs for task in tasks)
-        self.ring.close()
+        abandoned = [task for _, tasks in jobs for task in tasks]
+        self.pool.abandon(abandoned)
+        workers.hand_back_ring(self.ring, writes_in_flight=bool(abandoned))
 
 
 def build_dataset(config, split: str, *, process_index: int = 0, process_count: int = 1) -> Dataset:

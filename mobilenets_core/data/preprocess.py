@@ -10,7 +10,9 @@ Two policies, chosen per source by its image size (`is_small_image`):
   eval = resize the shorter side to image_size / 0.875, center crop.
 - small images (digits, MNIST, CIFAR): resize to image_size; train adds a zero-padded random
   crop (pad image_size / 8) + optional flip.
-Resampling is PIL bilinear (antialiased when downscaling, as torchvision/timm's PIL path).
+Resampling: the training crop is OpenCV's bit-exact bilinear (as tf.data and MindSpore's
+RandomCropDecodeResize: no antialiasing); everything else is PIL bilinear (antialiased when
+downscaling, as torchvision/timm's PIL path).
 
 Files as they come: every mode is converted to 8-bit RGB (grayscale, palette, RGBA and LA drop
 alpha, CMYK, 16-bit grayscale scaled by 1/257); a truncated JPEG or PNG decodes as far as its data
@@ -28,7 +30,9 @@ import math
 import os
 import threading
 
+import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # ImageNet RGB statistics on the 0-255 scale (torchvision / timm / MindSpore model zoo).
@@ -49,6 +53,7 @@ JPEG_DRAFT = True
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 Image.MAX_IMAGE_PIXELS = None
 EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8 = mirrored and/or rotated
+cv2.setNumThreads(1)  # one core per decoding worker: OpenCV's own thread pool would only compete
 
 
 class BadImage(ValueError):
@@ -208,9 +213,10 @@ def _has_exif(image: Image.Image) -> bool:
     return "exif" in image.info or "Raw profile type exif" in image.info
 
 
-def _decode(record, report: DecodeReport | None, max_pixels: int = MAX_IMAGE_PIXELS):
-    """The record as a PIL image (lazy unless it had to be loaded), upright; BadImage if it is no
-    image, TooLarge if it has more than `max_pixels`."""
+def _decode(record, report: DecodeReport | None, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple:
+    """(image, jpeg): the record as a PIL image (lazy unless it had to be loaded), upright, and its
+    bytes when it is a plain JPEG (RGB, complete, upright) that `_pixels` may decode directly, else
+    None. BadImage if it is no image, TooLarge if it has more than `max_pixels`."""
     data = None
     if isinstance(record, (str, os.PathLike)):
         with open(record, "rb") as f:
@@ -229,7 +235,8 @@ def _decode(record, report: DecodeReport | None, max_pixels: int = MAX_IMAGE_PIX
     if width * height > max_pixels:
         raise TooLarge(f"{width}x{height} pixels, above dataset.max_image_pixels={max_pixels}; raise it to "
                        f"train on such images")
-    if data is not None and _looks_truncated(data):
+    truncated = data is not None and _looks_truncated(data)
+    if truncated:
         with _TRUNCATED_LOCK:
             previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
             try:
@@ -242,14 +249,32 @@ def _decode(record, report: DecodeReport | None, max_pixels: int = MAX_IMAGE_PIX
             report.add_truncated(describe_record(record))
     if report is not None and image.mode != "RGB" and data is not None:
         report.add_converted(image.mode)
+    rotated = False
     try:
         if data is not None and _has_exif(image) and image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
             image = ImageOps.exif_transpose(image)  # decodes the whole image: no reduced-scale draft for these
+            rotated = True
             if report is not None:
                 report.add_rotated()
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise BadImage(f"corrupt image data ({type(e).__name__}: {str(e)[:120]})") from None
-    return image
+    plain_jpeg = data is not None and image.format == "JPEG" and image.mode == "RGB" and not truncated and not rotated
+    return image, data if plain_jpeg else None
+
+
+def _pixels(image: Image.Image, jpeg: bytes | None) -> np.ndarray:
+    """The (drafted) image as a uint8 RGB array. A plain JPEG is decoded by libjpeg-turbo straight
+    into NumPy (simplejpeg: the same pixels as PIL's decode at the same DCT scale, without PIL's
+    copy out, 1.5x faster); anything else, or a JPEG libjpeg only warns about, goes through PIL."""
+    if jpeg is not None:
+        width, height = image.size  # after `_draft`: the reduced size PIL would decode
+        try:
+            pixels = simplejpeg.decode_jpeg(jpeg, "RGB", min_height=height, min_width=width)
+        except ValueError:  # strict: a recoverable error; PIL decodes what it can, as before
+            pixels = None
+        if pixels is not None and pixels.shape[:2] == (height, width):
+            return pixels
+    return np.asarray(to_rgb(image))
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -298,15 +323,21 @@ def _maybe_flip(array: np.ndarray, flip: bool, rng: np.random.Generator) -> np.n
 # ----------------------------------------------------------------------------- ImageNet-style
 
 
-def imagenet_train(image: Image.Image, size: int, rng: np.random.Generator, flip: bool) -> np.ndarray:
+def imagenet_train(image: Image.Image, size: int, rng: np.random.Generator, flip: bool,
+                   jpeg: bytes | None = None) -> np.ndarray:
+    """Random resized crop + flip. The crop is resized with OpenCV's bit-exact bilinear (no
+    antialiasing, as tf.data's and MindSpore's RandomCropDecodeResize): 2.5x faster than PIL's
+    antialiased resize and the same pixels on every CPU."""
     width, height = image.size
     left, top, w, h = random_resized_crop_box(width, height, rng)
     sx, sy = _draft(image, math.ceil(width * size / w), math.ceil(height * size / h))
-    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-    out = to_rgb(image).resize((size, size), Image.BILINEAR, box=box)
-    if flip and rng.random() < 0.5:  # the same draw as _maybe_flip; PIL mirrors without a strided copy
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    x0, y0 = round(left * sx), round(top * sy)  # the window in the (reduced-scale) decoded pixels
+    x1, y1 = max(x0 + 1, round((left + w) * sx)), max(y0 + 1, round((top + h) * sy))
+    pixels = _pixels(image, jpeg)
+    out = cv2.resize(pixels[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR_EXACT)
+    if flip and rng.random() < 0.5:  # the same draw as _maybe_flip, mirrored without a strided copy
+        out = cv2.flip(out, 1)
+    return out
 
 
 def imagenet_eval(image: Image.Image, size: int) -> np.ndarray:
@@ -392,10 +423,10 @@ def preprocess(record, *, size: int, train: bool, small: bool, flip: bool,
     counted in `report`."""
     if train and rng is None:
         raise ValueError("training preprocessing needs a per-example random generator")
-    image = _decode(record, report, max_pixels)
+    image, jpeg = _decode(record, report, max_pixels)
     try:
         if train:
-            out = small_train(image, size, rng, flip) if small else imagenet_train(image, size, rng, flip)
+            out = small_train(image, size, rng, flip) if small else imagenet_train(image, size, rng, flip, jpeg)
         else:
             out = small_eval(image, size) if small else imagenet_eval(image, size)
     except (OSError, SyntaxError, EOFError) as e:  # PIL decodes lazily: broken data surfaces here
