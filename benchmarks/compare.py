@@ -42,7 +42,8 @@ FAMILIES = {
     "mobilenet_v1": ({"model": "mobilenet_v1"}, "mobilenetv1_100", "mobilenet_v1_100"),
     "shufflenet_v1": ({"model": "shufflenet_v1", "groups": 3}, None, "shufflenet_v1_g3_10"),
 }
-ENGINES = ("jax", "mindspore", "timm", "mindcv", "jax-xla")  # jax-xla: our JAX engine with conv_impl=xla
+# jax-xla: our JAX engine with conv_impl=xla; timm-compile: timm under torch.compile
+ENGINES = ("jax", "mindspore", "timm", "mindcv", "jax-xla", "timm-compile")
 PEER_OF = {"jax": "timm", "jax-xla": "timm", "mindspore": "mindcv"}
 
 
@@ -62,10 +63,12 @@ def command(engine: str, family: str, args) -> list[str] | None:
         if engine.startswith("jax") and args.device == "gpu":
             cmd += ["--dtype", "bfloat16"]
         return cmd
-    if engine == "timm":
+    if engine in ("timm", "timm-compile"):
         if timm_name is None:
             return None
         cmd = [args.torch_python, os.path.join(HERE, "peer_timm.py"), "--model", timm_name, *common]
+        if engine == "timm-compile":
+            cmd.append("--compile")
         return cmd + (["--device", "cuda", "--amp"] if args.device == "gpu" else [])
     if engine == "mindcv":
         if mindcv_name is None or args.device == "gpu":
@@ -159,7 +162,7 @@ def markdown(rows: list[dict], info: dict, argv: list[str], started: str, loads:
              f"{args.rounds} rounds, each process {args.warmup} warm-up + median of {args.repeats} x "
              f"{args.steps} steps.", "",
              "| model | engine | train img/s (median) | train range | infer img/s | train ratio vs peer "
-             "(per-round range) | infer ratio | step ms | peak RSS GiB |",
+             "(per-round range) | infer ratio | step ms | peak memory GiB (GPU: device; CPU: RSS) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ratio = "—"
@@ -190,6 +193,8 @@ def parse_args(argv=None):
                         help="pin every process to this many cores (taskset) with as many compute threads; "
                              "0: each framework's default (all cores)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement process")
+    parser.add_argument("--deadline", type=float, default=0,
+                        help="seconds for the whole run: measurements not started by then are skipped (0: none)")
     parser.add_argument("--out", help="markdown table to write (raw records go next to it as .jsonl)")
     return parser.parse_args(argv)
 
@@ -214,6 +219,7 @@ def main():
         # torch and oneDNN/MKL read these; XLA:CPU and MindSpore size their pools from the affinity mask.
         env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
     records = []
+    stop_at = time.time() + args.deadline if args.deadline else None
     raw = open(os.path.splitext(args.out)[0] + ".jsonl", "a") if args.out else None
     for round_index in range(args.rounds):
         shift = round_index % len(args.engines)
@@ -223,7 +229,12 @@ def main():
                 cmd = command(engine, family, args)
                 if cmd is None:
                     continue
-                record = run_one(prefix + cmd, env, args.timeout)
+                if stop_at is not None and time.time() >= stop_at:
+                    print(f"[round {round_index + 1}/{args.rounds}] {family} {engine}: skipped (past --deadline "
+                          f"{args.deadline:.0f} s)", flush=True)
+                    continue
+                timeout = args.timeout if stop_at is None else max(1, min(args.timeout, int(stop_at - time.time()) + 60))
+                record = run_one(prefix + cmd, env, timeout)
                 record.update(family=family, engine=engine, round=round_index, load=load_average(), started=started)
                 records.append(record)
                 if raw:

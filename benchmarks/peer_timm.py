@@ -1,6 +1,6 @@
 """timm (PyTorch) throughput, the peer of our JAX engine; run by compare.py with the torch env's python.
 
-    /work/peer/torch/bin/python benchmarks/peer_timm.py --model mobilenetv3_small_100 [--device cuda --amp]
+    /work/peer/torch/bin/python benchmarks/peer_timm.py --model mobilenetv3_small_100 [--device cuda --amp] [--compile]
 
 Same protocol as `--mode=bench`: one random batch kept on the device, a training step =
 forward + cross-entropy + backward + SGD-momentum update (timm's usual loop), warm-up steps,
@@ -34,11 +34,14 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="autocast (GPU): bfloat16 where supported")
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (timm's train.py --torchcompile)")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
     memory_format = getattr(torch, args.memory_format + ("_format" if args.memory_format == "contiguous" else ""))
     model = timm.create_model(args.model, num_classes=1000).to(device).to(memory_format=memory_format)
+    if args.compile:
+        model = torch.compile(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
     loss_fn = torch.nn.CrossEntropyLoss()
     images = torch.randn(args.batch, 3, args.size, args.size, device=device).to(memory_format=memory_format)
@@ -78,7 +81,7 @@ def main():
         "train_images_per_sec": round(args.batch / train_s, 2), "infer_images_per_sec": round(args.batch / infer_s, 2),
         "step_ms": round(1000 * train_s, 2), "infer_ms": round(1000 * infer_s, 2), "peak_memory": int(memory),
         "peak_memory_source": source, "memory_format": args.memory_format, "torch": torch.__version__, "timm": timm.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "compiled": args.compile,
     }), flush=True)
 
 

@@ -119,3 +119,27 @@ def test_compare_runs_every_engine_of_a_family_with_the_same_settings():
     for cmd in (jax_cmd, ms_cmd, mindcv_cmd):
         assert cmd[cmd.index("--batch") + 1] == "8" and cmd[cmd.index("--size") + 1] == "64"
     assert jax_cmd[jax_cmd.index("--groups") + 1] == "3" and "shufflenet_v1_g3_10" in mindcv_cmd
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_runs_its_jax_path_on_the_cpu_and_writes_its_tables(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, SMOKE_RESULTS=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(["bash", "benchmarks/gpu.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    tables = sorted(p.name for p in tmp_path.iterdir())
+    assert len(tables) == 3 and tables[0].startswith("smoke_gpu_"), tables
+    records, table, data = (tmp_path / name for name in tables)  # .jsonl, .md, _data.jsonl in name order
+    (record,) = [json.loads(line) for line in records.read_text().splitlines()]
+    assert "error" not in record, record
+    assert (record["engine"], record["backend"], record["dtype"], record["batch_size"]) == ("jax", "jax", "bfloat16", 2)
+    assert record["train_images_per_sec"] > 0 and record["infer_images_per_sec"] > 0
+    assert "| shufflenet_v1 | jax | " in table.read_text() and "bfloat16" in table.read_text()
+    rates = [json.loads(line) for line in data.read_text().splitlines()]
+    assert [(r["pipeline"], r["workers"], r["images"]) for r in rates] == [("ours", 1, 16), ("ours", 2, 16)]
+
+
+def test_gpu_script_refuses_unknown_arguments_in_one_line():
+    result = subprocess.run(["bash", "benchmarks/gpu.sh", "--nope"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == "usage: bash benchmarks/gpu.sh [--download-wheels | --smoke]\n"
