@@ -12,7 +12,7 @@ import os
 from mobilenets_core import atomic_files
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import NORMALIZE_MEAN, NORMALIZE_STD
-from mobilenets_core.weights import ModelInfo
+from mobilenets_core.weights import ModelInfo, hub
 
 FILE_NAME = "export.json"
 
@@ -40,7 +40,9 @@ def output_dir(workdir: str) -> str:
 def weights_source(config, step: int | None, checkpoint_path: str) -> dict:
     """export.json's "checkpoint": the checkpoint exported, or config.init.weights where the workdir had none."""
     if step is None:
-        return {"path": os.path.abspath(config.init.weights), "step": None, "weights": "init.weights"}
+        source = config.init.weights
+        return {"path": source if hub.is_hub_name(source) else os.path.abspath(source), "step": None,
+                "weights": "init.weights"}
     return {"path": checkpoint_path, "step": step, "weights": "ema" if config.ema.decay > 0 else "params"}
 
 

@@ -7,6 +7,7 @@
     mindspore_ckpt.py  spoke: MindSpore .ckpt files, read and written without MindSpore
     flax_tree.py       spoke: Flax variable trees (the JAX engine's, and a JAX workdir's)
     workdirs.py        the newest weights of a JAX or MindSpore training workdir
+    hub.py             pretrained weights by name: hf-hub:timm/<model>.<tag> via the Hugging Face cache
     reader.py          any of those -> canonical tensors + ModelInfo (`init.weights`, `load_model`, convert)
     convert.py         --mode=convert
 

@@ -20,7 +20,7 @@ import dataclasses
 import os
 
 from mobilenets_core.config_check import ConfigError
-from mobilenets_core.weights import canonical, mindspore_ckpt, timm, workdirs
+from mobilenets_core.weights import canonical, hub, mindspore_ckpt, timm, workdirs
 from mobilenets_core.weights.identity import ModelInfo, differing, settings
 from mobilenets_core.weights.tensors import check, check_state, expected_shapes
 
@@ -61,7 +61,10 @@ def _open(path: str, label: str) -> tuple[str, tuple | None]:
 
 def read(path: str, wanted: ModelInfo, label: str = "init.weights") -> WeightFile:
     """The file at `path` as canonical tensors of the network `wanted` names (its class count and
-    epsilon may differ: they are the file's). ConfigError, first line naming the file, otherwise."""
+    epsilon may differ: they are the file's). ConfigError, first line naming the file, otherwise.
+    `path` may be a Hub name (hf-hub:timm/...): the file in the Hugging Face cache is read."""
+    if hub.is_hub_name(path):
+        path = hub.resolve(path, label)
     if not os.path.exists(path):
         raise ConfigError(f"{label}={path!r} does not exist")
     kind, contents = _open(path, label)
