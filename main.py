@@ -104,7 +104,9 @@ def engine_function(backend: str, mode: str):
 def summary(config, backend: str) -> dict:
     arch = specs.architecture_from_config(config.model)
     size = config.dataset.image_size
-    return {"model": arch.name, "width": arch.width, "groups": arch.groups, "backend": backend,
+    return {"model": arch.name, "width": arch.width, "groups": arch.groups, "variant": arch.variant,
+            "convention": arch.convention,
+            "backend": backend,
             "params": engine(backend).count_parameters(config), "macs": specs.count_macs(arch, size),
             "input_shape": [1, size, size, 3]}
 

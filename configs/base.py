@@ -17,9 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "mobilenet_v3_small"  # mobilenet_v1 | mobilenet_v3_small | mobilenet_v3_large | shufflenet_v1
+    # mobilenet_v1 | mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large | mobilenet_v4 | shufflenet_v1
+    config.model.name = "mobilenet_v3_small"
     config.model.width = 1.0
     config.model.groups = config_dict.placeholder(int)  # ShuffleNetV1 only: 1, 2, 3, 4 or 8
+    # MobileNetV4 only: conv_small | conv_medium | conv_large | hybrid_medium | hybrid_large
+    config.model.variant = config_dict.placeholder(str)
     config.model.num_classes = 1000
     config.model.dropout = 0.2  # before the classifier
     config.model.bn_eps = 1e-5  # timm and MindSpore default; TF-slim / Keras weights use 1e-3
@@ -30,6 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
     # forward convolution (mobilenets_ms/layers.py). xla: each framework's own convolution
     # (lax.conv with feature_group_count; MindSpore's Conv2D and its gradients).
     config.model.conv_impl = "auto"
+    # Whose network a family is, where references differ (mobilenets_core/specs.py): "timm" (timm's
+    # widths, symmetric padding, ReLU6 MobileNetV1) or "mindcv" (mindcv's MobileNetV1 with ReLU,
+    # MobileNetV3 with "same"-padded depthwise convs, its widths and head; ShuffleNetV1 is the same
+    # under both). A weight file brings its own, as it brings its BatchNorm epsilon.
+    config.model.convention = "timm"
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "imagenet2012"  # a TFDS name, "folder" or "digits" (embedded)
@@ -67,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.label_smoothing = 0.0
 
     config.init = ml_collections.ConfigDict()
-    config.init.weights = config_dict.placeholder(str)  # canonical / timm .safetensors, timm .pth, MindSpore .ckpt, JAX workdir
+    config.init.weights = config_dict.placeholder(str)  # canonical / timm .safetensors, timm .pth, MindSpore or mindcv .ckpt, workdir
     config.init.freeze = ""  # "backbone": train only the classifier (and MobileNetV3's head conv)
 
     config.ema = ml_collections.ConfigDict()
@@ -86,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.convert = ml_collections.ConfigDict()
     config.convert.output = config_dict.placeholder(str)  # --mode=convert: where the converted weights go
-    config.convert.format = ""  # canonical | timm | mindspore | workdir (of --backend); "" = from the output's name
+    config.convert.format = ""  # canonical | timm | mindspore | mindcv | workdir (of --backend); "" = from the output's name
 
     config.export = ml_collections.ConfigDict()
     config.export.format = "all"  # jax: tflite | saved_model | stablehlo | all; mindspore: mindir | onnx | air | all

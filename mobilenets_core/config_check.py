@@ -77,7 +77,8 @@ CHOICES = {
     "train.dtype": ("float32", "bfloat16", "float16"),
     "mixed_precision.level": ("O0", "O1", "O2", "O3"),
     "init.freeze": ("", "backbone"),
-    "convert.format": ("", "canonical", "timm", "mindspore", "workdir"),
+    "convert.format": ("", "canonical", "timm", "mindspore", "mindcv", "workdir"),
+    "model.convention": ("timm", "mindcv"),  # specs.CONVENTIONS
     "model.conv_impl": ("auto", "fast", "xla"),  # mobilenets_jax.layers / mobilenets_ms.layers CONV_IMPLS
 }
 POSITIVE = ("bench.batch_size", "bench.steps", "bench.repeats", "train.batch_size", "train.epochs",

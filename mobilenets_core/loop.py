@@ -251,7 +251,7 @@ class _Run:
                                                ModelInfo.from_config(config.model))
                 resume_checks.check_same_data(engine.checkpoint_dir, latest, meta, self.train_ds)
                 run = workdir_lib.check_recipe(self.workdir, config, latest, say)
-                config.model.bn_eps = ModelInfo.of_checkpoint(meta, config.model).bn_eps  # imported weights' eps
+                ModelInfo.of_checkpoint(meta, config.model).adopt_into(config.model)  # imported weights' eps, convention
             if self.lead:
                 self.held.enter_context(workdir_lib.training_lock(self.workdir))
             step = engine.start(spe, latest, say)

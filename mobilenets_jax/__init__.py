@@ -15,12 +15,12 @@ def load_model(config, weights: str | None = None):
 
     Without weights the variables are freshly initialised from `config.train.seed`. With weights,
     the file must hold the config's network (class count included), and the network uses the
-    file's BatchNorm epsilon (weights are evaluated the way they were trained)."""
+    file's BatchNorm epsilon and architecture convention (weights are evaluated the way they were trained)."""
     if weights is None:
         module = models.build_network(config.model)
         return module, models.init_variables(module, config.train.seed)
     file = reader.model_weights(weights, ModelInfo.from_config(config.model))
-    module = models.build_network(config.model, bn_eps=file.info.bn_eps)
+    module = models.build_network(config.model, bn_eps=file.info.bn_eps, convention=file.info.convention)
     return module, from_canonical(file.state, module.arch)
 
 
@@ -31,11 +31,14 @@ def count_parameters(config) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes["params"])))
 
 
-def save_canonical(variables, config, path: str, bn_eps: float | None = None) -> None:
-    """Write `variables` of `config.model` as a canonical .safetensors file."""
+def save_canonical(variables, config, path: str, bn_eps: float | None = None, convention: str | None = None) -> None:
+    """Write `variables` of `config.model` (of the `convention` they were loaded as, when given) as a
+    canonical .safetensors file."""
     info = ModelInfo.from_config(config.model)
     if bn_eps is not None:
         info = info.replace(bn_eps=float(bn_eps))
+    if convention is not None:
+        info = info.replace(convention=convention)
     canonical.save(path, to_canonical(variables, info.architecture()), info)
 
 

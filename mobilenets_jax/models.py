@@ -1,12 +1,13 @@
 """Flax linen networks built by walking a `mobilenets_core.specs.Architecture`.
 
 Nothing here knows a block table: every channel count, kernel, stride and activation comes from
-the architecture, so this file is the same for all four families. Module names follow the
+the architecture, so this file is the same for every family. Module names follow the
 canonical weight names (`blocks.3.dw` lives at params['blocks_3']['dw']), which keeps the
 converter in `mobilenets_jax.weights` a plain rename plus kernel transposes.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -24,11 +25,19 @@ def module_name(canonical: str) -> str:
 
 
 def activation(name: str | None):
-    return {"relu": nn.relu, "relu6": nn.relu6, "hard_swish": nn.hard_swish, None: lambda x: x}[name]
+    return {"relu": nn.relu, "relu6": nn.relu6, "hard_swish": nn.hard_swish,
+            "gelu": functools.partial(nn.gelu, approximate=False), None: lambda x: x}[name]  # gelu: erf, as torch
 
 
 def pad(kernel: int):
     return ((kernel // 2, kernel // 2),) * 2
+
+
+def conv_padding(layer: specs.ConvBN, x) -> tuple:
+    """((top, bottom), (left, right)) of `layer` on NHWC `x`: symmetric, or "same" (TF / MindSpore pad_mode="same")."""
+    if layer.padding == "same":
+        return tuple(specs.same_padding(size, layer.kernel, layer.stride) for size in x.shape[1:3])
+    return pad(layer.kernel)
 
 
 class ConvBN(nn.Module):
@@ -42,7 +51,7 @@ class ConvBN(nn.Module):
     def __call__(self, x, train: bool):
         layer = self.layer
         x = nn.Conv(layer.out_ch, (layer.kernel, layer.kernel), (layer.stride, layer.stride),
-                    padding=pad(layer.kernel), feature_group_count=layer.groups, use_bias=False,
+                    padding=conv_padding(layer, x), feature_group_count=layer.groups, use_bias=False,
                     dtype=self.dtype, conv_general_dilated=layers.conv_general_dilated(self.conv_impl),
                     name="conv")(x)
         norm = layers.BatchNorm if layers.resolve_impl(self.conv_impl) == "fast" else nn.BatchNorm
@@ -61,6 +70,77 @@ class SqueezeExcite(nn.Module):
         s = nn.relu(nn.Conv(self.layer.reduced, (1, 1), dtype=self.dtype, name="reduce")(s))
         s = nn.Conv(self.layer.channels, (1, 1), dtype=self.dtype, name="expand")(s)
         return x * nn.hard_sigmoid(s)
+
+
+def batch_norm(conv_impl: str):
+    """The BatchNorm module class of `conv_impl`: the fused training form on the fast path, Flax's otherwise."""
+    return layers.BatchNorm if layers.resolve_impl(conv_impl) == "fast" else nn.BatchNorm
+
+
+class Norm(nn.Module):
+    """BatchNorm alone, as a module `bn` (canonical `<name>.bn.*`)."""
+
+    bn_eps: float
+    bn_decay: float
+    dtype: Any = jnp.float32
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return batch_norm(self.conv_impl)(use_running_average=not train, momentum=self.bn_decay, epsilon=self.bn_eps,
+                                          dtype=self.dtype, name="bn")(x)
+
+
+class LayerScale(nn.Module):
+    """x * gamma per channel; gamma starts at 1e-5 (timm's layer_scale_init_value for MobileNetV4)."""
+
+    layer: specs.LayerScale
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        gamma = self.param("gamma", nn.initializers.constant(1e-5), (self.layer.channels,), jnp.float32)
+        return x * gamma.astype(x.dtype)
+
+
+def pointwise(out_ch: int, name: str, dtype, conv_impl: str) -> nn.Conv:
+    """A 1x1 convolution without bias (explicit zero padding, so the fast path takes it as a matmul)."""
+    return nn.Conv(out_ch, (1, 1), padding=((0, 0), (0, 0)), use_bias=False, dtype=dtype,
+                   conv_general_dilated=layers.conv_general_dilated(conv_impl), name=name)
+
+
+class MobileAttention(nn.Module):
+    """specs.MobileAttention: x + layer_scale(output(softmax(q k^T / sqrt(d)) v)) on BN(x); one key and one
+    value shared by every head; channels head-major (timm's MultiQueryAttention2d)."""
+
+    block: specs.MobileAttention
+    bn_eps: float
+    bn_decay: float
+    dtype: Any = jnp.float32
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        b = self.block
+        parts = {layer.name.rsplit(".", 1)[-1]: layer for layer in b.parts()}
+        y = Norm(self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name="norm")(x, train)
+        n, h, w, c = y.shape
+        q = pointwise(b.heads * b.key_dim, "query", self.dtype, self.conv_impl)(y).reshape(n, h * w, b.heads, b.key_dim)
+        kv = []
+        for kind, dim in (("key", b.key_dim), ("value", b.value_dim)):
+            t = y
+            if b.kv_stride > 1:
+                t = ConvBN(parts[f"{kind}_down"], self.bn_eps, self.bn_decay, self.dtype, self.conv_impl,
+                           name=f"{kind}_down")(t, train)
+            t = pointwise(dim, kind, self.dtype, self.conv_impl)(t)
+            kv.append(t.reshape(n, -1, dim))
+        k, v = kv
+        logits = jnp.einsum("nlhd,npd->nhlp", q, k) * (b.key_dim ** -0.5)
+        attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        o = jnp.einsum("nhlp,npd->nlhd", attention, v).reshape(n, h, w, b.heads * b.value_dim)
+        o = pointwise(c, "output", self.dtype, self.conv_impl)(o)
+        if b.layer_scale:
+            o = LayerScale(parts["layer_scale"], name="layer_scale")(o, train)
+        return x + o
 
 
 def channel_shuffle(x, groups: int):
@@ -82,6 +162,8 @@ class Block(nn.Module):
     def part(self, layer):
         if isinstance(layer, specs.SqueezeExcite):
             return SqueezeExcite(layer, self.dtype, name=module_name(layer.name))
+        if isinstance(layer, specs.LayerScale):
+            return LayerScale(layer, name=module_name(layer.name))
         return ConvBN(layer, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=module_name(layer.name))
 
     @nn.compact
@@ -122,6 +204,8 @@ class Network(nn.Module):
                 x = nn.max_pool(x, (block.kernel,) * 2, (block.stride,) * 2, padding="SAME")
             elif isinstance(block, specs.ConvBN):
                 x = ConvBN(block, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=name)(x, train)
+            elif isinstance(block, specs.MobileAttention):
+                x = MobileAttention(block, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=name)(x, train)
             else:
                 x = Block(block, self.bn_eps, self.bn_decay, self.dtype, self.conv_impl, name=name)(x, train)
             if fast:
@@ -133,7 +217,10 @@ class Network(nn.Module):
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         head = self.arch.head
         if head.hidden:
-            x = nn.Conv(head.hidden, (1, 1), dtype=self.dtype, name="head_conv")(x)
+            x = nn.Conv(head.hidden, (1, 1), use_bias=not head.hidden_bn, dtype=self.dtype, name="head_conv")(x)
+            if head.hidden_bn:  # MobileNetV4: trains with the head (init.freeze=backbone), as timm's norm_head
+                x = batch_norm(self.conv_impl)(use_running_average=not head_train, momentum=self.bn_decay,
+                                               epsilon=self.bn_eps, dtype=self.dtype, name="head_bn")(x)
             x = activation(head.hidden_act)(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout, deterministic=not head_train)(x)
@@ -141,15 +228,15 @@ class Network(nn.Module):
         return x.astype(jnp.float32)
 
 
-HEAD_MODULES = ("classifier", "head_conv")  # what init.freeze=backbone leaves trainable
+HEAD_MODULES = ("classifier", "head_conv", "head_bn")  # what init.freeze=backbone leaves trainable
 
 
 def build_network(model_cfg, dtype=jnp.float32, bn_eps: float | None = None, frozen_backbone: bool = False,
-                  conv_impl: str | None = None) -> Network:
-    """The Network for a config's `model` section (bn_eps may be overridden by a weight file).
+                  conv_impl: str | None = None, convention: str | None = None) -> Network:
+    """The Network for a config's `model` section (bn_eps and convention may be overridden by a weight file).
 
     conv_impl: `model.conv_impl` when the config has that field, else "auto" (see layers.py)."""
-    arch = specs.architecture_from_config(model_cfg)
+    arch = specs.architecture_from_config(model_cfg, convention)
     eps = model_cfg.bn_eps if bn_eps is None else bn_eps
     impl = conv_impl or model_cfg.get("conv_impl", None) or "auto"
     layers.resolve_impl(impl)  # a bad name fails here, not inside a trace

@@ -27,6 +27,7 @@ from mobilenets_core import loop, schedules
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import preprocess
 from mobilenets_core.weights import ModelInfo, flax_tree, reader
+from mobilenets_core.weights.identity import TRAINED_FIELDS
 from mobilenets_jax import models
 from mobilenets_jax.checkpoints import Checkpoints
 from mobilenets_jax.optimizers import LossScale, all_finite, build_optimizer, keep_opt_state_unless, keep_unless
@@ -179,9 +180,12 @@ def device_images(images):
 
 def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
     """(trainer, variables) starting from config.init.weights: the file's tensors where they fit, fresh
-    ones for a classifier of another class count; the network takes the file's BatchNorm epsilon."""
-    bn_eps = config.model.bn_eps
+    ones for a classifier of another class count; the network takes the file's BatchNorm epsilon and
+    architecture convention."""
+    trained_as = [config.model.get(field) for field in TRAINED_FIELDS]
     _, fitted, reinit = reader.initial_weights(config, say)
+    if [config.model.get(field) for field in TRAINED_FIELDS] != trained_as:
+        trainer = Trainer(config, steps_per_epoch)  # the network the weights were trained as
     arch = trainer.module.arch
     if reinit:  # only then is the fresh network computed
         size = config.dataset.image_size
@@ -189,8 +193,6 @@ def _imported_start(config, trainer: Trainer, steps_per_epoch: int, say):
                                     train=False)
         fitted = {**fitted, **{n: v for n, v in flax_tree.to_canonical(jax.device_get(fresh), arch).items()
                                if n in reinit}}
-    if config.model.bn_eps != bn_eps:
-        trainer = Trainer(config, steps_per_epoch)
     return trainer, flax_tree.from_canonical(fitted, arch)
 
 
@@ -270,7 +272,7 @@ class JaxEngine(loop.EngineCheckpoints):
             self.trainer, variables = _imported_start(config, Trainer(config, 1), 1, say)
             self.state = self.trainer.init_state(seed, variables)
             return {"epoch": None}
-        config.model.bn_eps = ModelInfo.of_checkpoint(self.checkpoint_meta(step), config.model).bn_eps
+        ModelInfo.of_checkpoint(self.checkpoint_meta(step), config.model).adopt_into(config.model)
         self.trainer = Trainer(config, 1)
         self.state, meta = self.checkpoints.restore(step, self.trainer.abstract_state(seed))
         return meta

@@ -24,13 +24,13 @@ def load_model(config, weights: str | None = None):
 
     Without weights the parameters are freshly initialised from `config.train.seed`. With weights
     the file must hold the config's network (class count included), and the network uses the
-    file's BatchNorm epsilon (weights are evaluated the way they were trained)."""
+    file's BatchNorm epsilon and architecture convention (weights are evaluated the way they were trained)."""
     seed = int(config.train.seed)
     if weights is None:
         net = models.build_network(config.model, seed=seed)
     else:
         file = reader.model_weights(weights, ModelInfo.from_config(config.model))
-        net = models.build_network(config.model, bn_eps=file.info.bn_eps, seed=seed)
+        net = models.build_network(config.model, bn_eps=file.info.bn_eps, seed=seed, convention=file.info.convention)
         load_canonical(net, file.state)
     net.set_train(False)
     return net
@@ -44,7 +44,8 @@ def count_parameters(config) -> int:
 
 def save_canonical(net, info: ModelInfo, path: str) -> None:
     """Write `net` as a canonical .safetensors file described by `info`, which must name its network."""
-    differ = identity.differing(info, ModelInfo.of_architecture(net.arch, info.bn_eps))
+    differ = identity.differing(info, ModelInfo.of_architecture(net.arch, info.bn_eps),
+                                identity.SHAPE_FIELDS + ("convention",))
     if differ:
         raise ValueError(f"ModelInfo does not describe this network: it has {identity.settings(info, differ)}, "
                          f"the network {identity.settings(ModelInfo.of_architecture(net.arch, 0.0), differ)}")

@@ -59,12 +59,14 @@ class _StrideOneDepthwise(nn.Cell):
 
 class DepthwiseConv2d(nn.Conv2d):
     """nn.Conv2d(channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2,
-    group=channels, has_bias=False), computed by `_StrideOneDepthwise` while `fast` (set by
-    `use_impl`) where its form applies: stride 1 and an odd kernel."""
+    group=channels, has_bias=False) (or pad_mode="same" when `same`: the same padding at stride 1
+    and an odd kernel, one less before than after at stride 2), computed by `_StrideOneDepthwise`
+    while `fast` (set by `use_impl`) where its form applies: stride 1 and an odd kernel."""
 
-    def __init__(self, channels: int, kernel: int, stride: int, weight_init):
-        super().__init__(channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels,
-                         has_bias=False, weight_init=weight_init)
+    def __init__(self, channels: int, kernel: int, stride: int, weight_init, same: bool = False):
+        padding = {"pad_mode": "same"} if same else {"pad_mode": "pad", "padding": kernel // 2}
+        super().__init__(channels, channels, kernel, stride, group=channels, has_bias=False,
+                         weight_init=weight_init, **padding)
         self.applies = stride == 1 and kernel % 2 == 1
         self.fast = self.applies
         self.stride_one = _StrideOneDepthwise(channels, kernel)

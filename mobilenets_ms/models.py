@@ -1,7 +1,7 @@
 """MindSpore networks built by walking a `mobilenets_core.specs.Architecture`.
 
 Nothing here knows a block table: channels, kernels, strides and activations all come from the
-architecture, so this file is the same for all four families. Cell attributes follow the
+architecture, so this file is the same for every family. Cell attributes follow the
 canonical weight names (`blocks.3.dw` lives at `net.blocks[3].dw`, with `.conv` and `.bn`), so
 `mobilenets_ms.weights` is a plain rename of the BatchNorm parameters.
 
@@ -112,18 +112,24 @@ def activation(name: str | None) -> nn.Cell:
         return nn.ReLU6()
     if name == "hard_swish":
         return HardSwish()
+    if name == "gelu":
+        return nn.GELU(approximate=False)  # erf, as torch's nn.GELU
     if name is None:
         return nn.Identity()
     raise ValueError(f"activation {name!r} is not known; choose one of {specs.ACTIVATIONS}")
 
 
 def conv2d(rng, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-           bias: bool = False) -> nn.Conv2d:
-    """Conv padded symmetrically by kernel // 2 (PyTorch / timm), weight OIHW; depthwise ones are
-    layers.DepthwiseConv2d (an nn.Conv2d with a faster gradient on CPU)."""
+           bias: bool = False, padding: str = "symmetric") -> nn.Conv2d:
+    """Conv padded symmetrically by kernel // 2 (PyTorch / timm), or padding="same" (pad_mode="same",
+    mindcv's MobileNetV3 depthwise convs), weight OIHW; depthwise ones are layers.DepthwiseConv2d (an
+    nn.Conv2d with a faster gradient on CPU)."""
     weight = _lecun_normal(rng, (out_ch, in_ch // groups, kernel, kernel), in_ch // groups * kernel * kernel)
     if groups > 1 and groups == in_ch == out_ch and not bias:
-        return layers.DepthwiseConv2d(in_ch, kernel, stride, weight)
+        return layers.DepthwiseConv2d(in_ch, kernel, stride, weight, same=padding == "same")
+    if padding == "same":
+        return nn.Conv2d(in_ch, out_ch, kernel, stride, pad_mode="same", group=groups, has_bias=bias,
+                         weight_init=weight, bias_init="zeros" if bias else None)
     return nn.Conv2d(in_ch, out_ch, kernel, stride, pad_mode="pad", padding=kernel // 2, group=groups,
                      has_bias=bias, weight_init=weight, bias_init="zeros" if bias else None)
 
@@ -133,7 +139,7 @@ class ConvBN(nn.Cell):
 
     def __init__(self, spec: specs.ConvBN, bn_eps: float, bn_decay: float, rng):
         super().__init__()
-        self.conv = conv2d(rng, spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.groups)
+        self.conv = conv2d(rng, spec.in_ch, spec.out_ch, spec.kernel, spec.stride, spec.groups, padding=spec.padding)
         # MindSpore's momentum is the running-average decay: running = momentum * running + (1 - momentum) * batch.
         self.bn = nn.BatchNorm2d(spec.out_ch, eps=bn_eps, momentum=bn_decay)
         self.act = activation(spec.act)
@@ -159,6 +165,63 @@ class SqueezeExcite(nn.Cell):
         return x * self.gate(s)
 
 
+class Norm(nn.Cell):
+    """BatchNorm alone, as the cell `bn` (canonical `<name>.bn.*`)."""
+
+    def __init__(self, channels: int, bn_eps: float, bn_decay: float):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_decay)
+
+    def construct(self, x):
+        return self.bn(x)
+
+
+class LayerScale(nn.Cell):
+    """x * gamma per channel; gamma starts at 1e-5 (timm's layer_scale_init_value for MobileNetV4)."""
+
+    def __init__(self, spec: specs.LayerScale):
+        super().__init__()
+        self.gamma = ms.Parameter(ms.Tensor(np.full((spec.channels,), 1e-5, np.float32)), name="gamma")
+
+    def construct(self, x):
+        return x * ops.reshape(self.gamma.astype(x.dtype), (1, -1, 1, 1))
+
+
+class MobileAttention(nn.Cell):
+    """specs.MobileAttention: x + layer_scale(output(softmax(q k^T / sqrt(d)) v)) on BN(x); one key and one
+    value shared by every head; channels head-major (timm's MultiQueryAttention2d)."""
+
+    def __init__(self, block: specs.MobileAttention, bn_eps: float, bn_decay: float, rng):
+        super().__init__()
+        parts = {layer.name.rsplit(".", 1)[-1]: layer for layer in block.parts()}
+        c = block.channels
+        self.norm = Norm(c, bn_eps, bn_decay)
+        self.query = conv2d(rng, c, block.heads * block.key_dim, 1)
+        down = block.kv_stride > 1
+        self.key_down = ConvBN(parts["key_down"], bn_eps, bn_decay, rng) if down else nn.Identity()
+        self.key = conv2d(rng, c, block.key_dim, 1)
+        self.value_down = ConvBN(parts["value_down"], bn_eps, bn_decay, rng) if down else nn.Identity()
+        self.value = conv2d(rng, c, block.value_dim, 1)
+        self.output = conv2d(rng, block.heads * block.value_dim, c, 1)
+        self.layer_scale = LayerScale(parts["layer_scale"]) if block.layer_scale else nn.Identity()
+        self.heads, self.key_dim, self.value_dim = int(block.heads), int(block.key_dim), int(block.value_dim)
+        self.scale = float(block.key_dim ** -0.5)
+        self.matmul = ops.BatchMatMul()
+        self.softmax = nn.Softmax(axis=-1)
+
+    def construct(self, x):
+        y = self.norm(x)
+        n, _, h, w = y.shape
+        q = ops.reshape(self.query(y), (n, self.heads, self.key_dim, h * w))
+        q = ops.reshape(ops.transpose(q, (0, 1, 3, 2)), (n, self.heads * h * w, self.key_dim))
+        k = ops.reshape(self.key(self.key_down(y)), (n, self.key_dim, -1))  # (n, key_dim, kv pixels)
+        v = ops.transpose(ops.reshape(self.value(self.value_down(y)), (n, self.value_dim, -1)), (0, 2, 1))
+        attention = self.softmax(self.matmul(q, k) * self.scale)  # (n, heads * pixels, kv pixels)
+        o = ops.reshape(self.matmul(attention, v), (n, self.heads, h * w, self.value_dim))
+        o = ops.reshape(ops.transpose(o, (0, 1, 3, 2)), (n, self.heads * self.value_dim, h, w))
+        return x + self.layer_scale(self.output(o))
+
+
 def part_name(layer) -> str:
     """Attribute name of a block's part: 'blocks.3.dw' -> 'dw'."""
     return layer.name.rsplit(".", 1)[-1]
@@ -169,11 +232,14 @@ def build_part(layer, bn_eps: float, bn_decay: float, rng) -> nn.Cell:
         return ConvBN(layer, bn_eps, bn_decay, rng)
     if isinstance(layer, specs.SqueezeExcite):
         return SqueezeExcite(layer, rng)
-    raise TypeError(f"{layer.name}: a block part must be ConvBN or SqueezeExcite, got {type(layer).__name__}")
+    if isinstance(layer, specs.LayerScale):
+        return LayerScale(layer)
+    raise TypeError(f"{layer.name}: a block part must be ConvBN, SqueezeExcite or LayerScale, got {type(layer).__name__}")
 
 
 class SequentialBlock(nn.Cell):
-    """DepthwiseSeparable / InvertedResidual: the block's parts in order, plus the input if residual."""
+    """DepthwiseSeparable / InvertedResidual / EdgeResidual / UniversalInvertedResidual: the block's parts in
+    order, plus the input if residual."""
 
     def __init__(self, block, bn_eps: float, bn_decay: float, rng):
         super().__init__()
@@ -242,8 +308,11 @@ def build_block(block, bn_eps: float, bn_decay: float, rng) -> nn.Cell:
         return ConvBN(block, bn_eps, bn_decay, rng)
     if isinstance(block, specs.MaxPool):
         return MaxPool(block)
-    if isinstance(block, (specs.DepthwiseSeparable, specs.InvertedResidual)):
+    if isinstance(block, (specs.DepthwiseSeparable, specs.InvertedResidual, specs.EdgeResidual,
+                          specs.UniversalInvertedResidual)):
         return SequentialBlock(block, bn_eps, bn_decay, rng)
+    if isinstance(block, specs.MobileAttention):
+        return MobileAttention(block, bn_eps, bn_decay, rng)
     if isinstance(block, specs.ShuffleUnit):
         return ShuffleUnit(block, bn_eps, bn_decay, rng)
     raise TypeError(f"{block.name}: unknown block type {type(block).__name__}")
@@ -254,21 +323,24 @@ class Head(nn.Cell):
 
     The dropout after it is `Network`'s `keep` input (see `dropout_keep`), not a MindSpore Dropout."""
 
-    def __init__(self, head: specs.Head, dropout: float, rng):
+    def __init__(self, head: specs.Head, dropout: float, rng, bn_eps: float = 1e-5, bn_decay: float = 0.9):
         super().__init__()
         self.pool = ops.ReduceMean(keep_dims=True)
         if head.hidden:
-            self.conv = conv2d(rng, head.in_ch, head.hidden, 1, bias=True)
+            self.conv = conv2d(rng, head.in_ch, head.hidden, 1, bias=not head.hidden_bn)
+            # MobileNetV4: BatchNorm after the head conv (trains with the head under init.freeze=backbone)
+            self.bn = nn.BatchNorm2d(head.hidden, eps=bn_eps, momentum=bn_decay) if head.hidden_bn else nn.Identity()
             self.act = activation(head.hidden_act)
         else:
             self.conv = nn.Identity()
+            self.bn = nn.Identity()
             self.act = nn.Identity()
         self.flatten = nn.Flatten()
         self.dropout = float(dropout)
 
     def construct(self, x):
         x = self.pool(x, (2, 3))
-        x = self.act(self.conv(x))
+        x = self.act(self.bn(self.conv(x)))
         return self.flatten(x)
 
 
@@ -325,7 +397,7 @@ class Network(nn.Cell):
             setattr(self, name, cell)
         self.before = [cell for _, cell in before]
         self.after = [cell for _, cell in after]
-        self.head = Head(arch.head, dropout, rng)
+        self.head = Head(arch.head, dropout, rng, bn_eps, bn_decay)
         self.classifier = nn.Dense(arch.num_features, arch.head.num_classes,
                                    weight_init=_lecun_normal(rng, (arch.head.num_classes, arch.num_features),
                                                              arch.num_features),
@@ -345,10 +417,10 @@ class Network(nn.Cell):
         return self.classifier(x)
 
 
-def build_network(model_cfg, bn_eps: float | None = None, seed: int = 0) -> Network:
-    """The Network for a config's `model` section (bn_eps may be overridden by a weight file);
-    `model.conv_impl` picks the depthwise convolutions' form (mobilenets_ms.layers)."""
-    arch = specs.architecture_from_config(model_cfg)
+def build_network(model_cfg, bn_eps: float | None = None, seed: int = 0, convention: str | None = None) -> Network:
+    """The Network for a config's `model` section (bn_eps and convention may be overridden by a weight
+    file); `model.conv_impl` picks the depthwise convolutions' form (mobilenets_ms.layers)."""
+    arch = specs.architecture_from_config(model_cfg, convention)
     eps = model_cfg.bn_eps if bn_eps is None else bn_eps
     net = Network(arch, float(model_cfg.dropout), float(eps), float(model_cfg.bn_decay), seed)
     layers.use_impl(net, str(model_cfg.get("conv_impl", None) or "auto"))

@@ -24,7 +24,7 @@ from mobilenets_core import loop, schedules
 from mobilenets_core.config_check import ConfigError
 from mobilenets_core.data import preprocess
 from mobilenets_core.weights import ModelInfo, reader
-from mobilenets_core.weights.mindspore_ckpt import BN_EPS_TENSOR
+from mobilenets_core.weights.mindspore_ckpt import BN_EPS_TENSOR, CONVENTION_TENSOR, convention_tensor
 from mobilenets_core.weights.tensors import MINDSPORE_BATCHNORM, compare
 from mobilenets_ms import mixed_precision, models
 from mobilenets_ms.checkpoints import Checkpoints
@@ -311,8 +311,9 @@ class Trainer:
         for p in self.loss_scale.parameters_to_save():
             tensors[p.name] = p
         tensors["step"] = Tensor(np.asarray(self.step, np.int64))
-        # Lets init.weights / --mode=convert read this file as a network checkpoint with the right eps.
+        # Lets init.weights / --mode=convert read this file as a network checkpoint with the right eps and convention.
         tensors[BN_EPS_TENSOR] = Tensor(np.asarray([self.net.bn_eps], np.float32))
+        tensors[CONVENTION_TENSOR] = Tensor(convention_tensor(self.net.arch.convention))
         return tensors
 
     def load_state(self, tensors: dict, network_only: bool = False, source: str = "the checkpoint") -> None:
@@ -320,7 +321,8 @@ class Trainer:
 
         network_only: the network (and its EMA) without the optimizer and loss-scale state, for
         eval, predict and export, which then work whatever optimizer the config names."""
-        targets = {name: p for name, p in self.state_tensors().items() if name not in ("step", BN_EPS_TENSOR)}
+        targets = {name: p for name, p in self.state_tensors().items()
+                   if name not in ("step", BN_EPS_TENSOR, CONVENTION_TENSOR)}
         if network_only:
             network = {p.name for p in self.net.get_parameters()}
             targets = {n: p for n, p in targets.items() if n in network or n.startswith("ema.")}
@@ -511,7 +513,7 @@ class MsEngine(loop.EngineCheckpoints):
             self.trainer.load_weights(initial)  # the EMA starts at them too
             return {"epoch": None}
         tensors, meta = self.checkpoints.restore(step)
-        config.model.bn_eps = ModelInfo.of_checkpoint(meta, config.model).bn_eps
+        ModelInfo.of_checkpoint(meta, config.model).adopt_into(config.model)  # the weights' eps and convention
         self.trainer = Trainer(config, 1, context=self.context)
         self.trainer.load_state(tensors, network_only=True, source=f"checkpoint step {step} in {self.checkpoint_dir}")
         return meta

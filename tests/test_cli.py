@@ -28,10 +28,24 @@ CASES = [
     (["--config=configs/shufflenet_v1.py"], MINDCV["shufflenet_v1_g3_20"]),
     (["--config=configs/shufflenet_v1.py", "--config.model.width=1.0", "--config.model.groups=8"],
      MINDCV["shufflenet_v1_g8_10"]),
+    (["--config=configs/mnv2.py"], TIMM["mobilenetv2_100"]),
+    (["--config=configs/mnv4.py:conv_small"], TIMM["mobilenetv4_conv_small"]),
+    (["--config=configs/mnv2.py:140"], TIMM["mobilenetv2_140"]),
+    (["--config=configs/mnv4.py:conv_small", "--config.model.width=0.5"], TIMM["mobilenetv4_conv_small_050"]),
+    # reference MACs are at 224 px; the recipe's own size is 256 / 384
+    (["--config=configs/mnv4.py:conv_medium", "--config.dataset.image_size=224"], TIMM["mobilenetv4_conv_medium"]),
+    (["--config=configs/mnv4.py:conv_large", "--config.dataset.image_size=224"], TIMM["mobilenetv4_conv_large"]),
+    (["--config=configs/mnv4.py:hybrid_medium", "--config.dataset.image_size=224"], TIMM["mobilenetv4_hybrid_medium"]),
+    (["--config=configs/mnv4.py:hybrid_medium", "--config.dataset.image_size=224", "--config.model.width=0.75"],
+     TIMM["mobilenetv4_hybrid_medium_075"]),
+    (["--config=configs/mnv4.py:hybrid_large", "--config.dataset.image_size=224"], TIMM["mobilenetv4_hybrid_large"]),
+    (["--config=configs/mnv4.py:hybrid_large", "--config.dataset.image_size=224", "--config.model.width=0.75"],
+     TIMM["mobilenetv4_hybrid_large_075"]),
 ]
+QUICK = (0, 6, 8, 9)  # one MobileNetV3, ShuffleNetV1, MobileNetV2 and MobileNetV4 recipe in the quick suite
 
 
-@pytest.mark.parametrize("args,reference", [CASES[0], CASES[6]] + [pytest.param(*c, marks=pytest.mark.slow) for i, c in enumerate(CASES) if i not in (0, 6)], ids=lambda v: " ".join(v)[9:] if isinstance(v, list) else "")
+@pytest.mark.parametrize("args,reference", [CASES[i] for i in QUICK] + [pytest.param(*c, marks=pytest.mark.slow) for i, c in enumerate(CASES) if i not in QUICK], ids=lambda v: " ".join(v)[9:] if isinstance(v, list) else "")
 def test_summary_prints_reference_counts_on_both_engines(args, reference):
     lines = {}
     for backend in ("jax", "mindspore"):
@@ -56,7 +70,7 @@ def test_cifar10_variant_of_mnv1_has_ten_classes():
 @pytest.mark.parametrize("args,message", [
     (["--config.model.widht=0.5"],
      "error: unknown config key 'model.widht' (did you mean model.width?); valid keys in model: bn_decay, bn_eps, "
-     "conv_impl, dropout, groups, name, num_classes, width"),
+     "conv_impl, convention, dropout, groups, name, num_classes, variant, width"),
     (["--config.modle.width=0.5"], "error: unknown config key 'modle.width' (did you mean model?); valid keys in the config:"),
     (["--config.model.width=0.35"],
      "error: model.width=0.35 is not supported for mobilenet_v3_small; supported widths: 0.5, 0.75, 1.0"),
@@ -64,6 +78,9 @@ def test_cifar10_variant_of_mnv1_has_ten_classes():
     (["--config.model.name=shufflenet_v1", "--config.model.groups=5"],
      "error: model.groups=5 is not supported for shufflenet_v1; supported groups: 1, 2, 3, 4, 8"),
     (["--backend=torch"], "--backend"),
+    (["--config.model.name=mobilenet_v4", "--config.model.variant=conv_tiny"],
+     "error: model.variant='conv_tiny' is not a mobilenet_v4 variant; choose one of conv_small, conv_medium, "
+     "conv_large, hybrid_medium, hybrid_large"),
 ])
 def test_config_mistakes_are_one_clear_line(args, message):
     result = run_main("--config=configs/mnv3_small.py", "--mode=summary", *args)

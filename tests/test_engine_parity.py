@@ -86,3 +86,35 @@ def test_the_other_channel_shuffle_order_breaks_parity(monkeypatch):
     module, _ = mobilenets_jax.load_model(config)
     wrong = jax_logits(module, mobilenets_jax.from_canonical(state, arch))
     assert np.abs(ms_logits(net) - wrong).max() > 10 * ATOL
+
+
+# MobileNetV2 and V4 (UIB, FusedIB, conv rows; Mobile MQA and layer scale in the hybrid), both ways.
+NEW_FAMILIES = [("mobilenet_v2", 0.5, None), ("mobilenet_v4", 0.5, "conv_small"),
+                pytest.param("mobilenet_v4", 0.75, "hybrid_medium", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("name,width,variant", NEW_FAMILIES)
+def test_mobilenet_v2_and_v4_weights_evaluate_identically_in_both_engines(tmp_path, name, width, variant):
+    config = model_config(name, width, variant=variant)
+    arch = specs.architecture_from_config(config.model)
+    module, _ = mobilenets_jax.load_model(config)
+    variables = mobilenets_jax.from_canonical(random_canonical_state(arch, seed=5), arch)
+    path = str(tmp_path / "from_jax.safetensors")
+    mobilenets_jax.save_canonical(variables, config, path)
+    net = mobilenets_ms.load_model(config, path)
+    expected = jax_logits(module, variables)
+    assert np.abs(expected).max() > 1e-2
+    np.testing.assert_allclose(ms_logits(net), expected, rtol=0, atol=ATOL)
+    back = str(tmp_path / "from_ms.safetensors")
+    mobilenets_ms.save_canonical(net, weights.ModelInfo.from_config(config.model), back)
+    module, variables = mobilenets_jax.load_model(config, back)
+    np.testing.assert_allclose(jax_logits(module, variables), expected, rtol=0, atol=ATOL)
+
+
+def test_a_mobilenet_v4_file_names_its_variant_when_another_is_asked_for(tmp_path):
+    config = model_config("mobilenet_v4", 0.5, variant="conv_small")
+    arch = specs.architecture_from_config(config.model)
+    path = str(tmp_path / "small.safetensors")
+    weights.save(path, random_canonical_state(arch), weights.ModelInfo.from_config(config.model))
+    with pytest.raises(Exception, match=r"model.variant='conv_small'.*model.variant='conv_medium'"):
+        mobilenets_jax.load_model(model_config("mobilenet_v4", 1.0, variant="conv_medium"), path)

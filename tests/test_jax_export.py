@@ -107,7 +107,7 @@ def test_every_format_is_written_and_described(run):
         meta = json.load(f)
     assert meta["engine"] == "jax"
     assert meta["model"] == {"name": "mobilenet_v3_small", "width": 0.5, "groups": None, "num_classes": 10,
-                             "bn_eps": 1e-5}
+                             "bn_eps": 1e-5, "convention": "timm", "variant": None}
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert meta["input"]["shape"] == [None, 32, 32, 3] and meta["input"]["dtype"] == "float32"
     np.testing.assert_allclose(meta["input"]["normalization"]["mean"], NORMALIZE_MEAN)

@@ -22,6 +22,12 @@ def test_flax_parameter_count_equals_spec(name, width, groups):
     assert mobilenets_jax.count_parameters(config) == specs.count_params(specs.architecture_from_config(config.model))
 
 
+@pytest.mark.parametrize("variant,width", [(v, w) for v, ws in specs.MOBILENET_V4_WIDTHS.items() for w in ws])
+def test_flax_mobilenet_v4_parameter_count_equals_spec(variant, width):
+    config = model_config("mobilenet_v4", width, num_classes=1000, variant=variant)
+    assert mobilenets_jax.count_parameters(config) == specs.count_params(specs.architecture_from_config(config.model))
+
+
 @pytest.mark.parametrize("name,width,groups", FAMILIES)
 def test_load_model_from_canonical_file(tmp_path, name, width, groups):
     config = model_config(name, width, groups)

@@ -236,3 +236,20 @@ def test_sigterm_saves_the_current_step_exits_zero_and_the_rerun_continues(tmp_p
     steps = [r["step"] for r in metrics_lib.read_metrics(str(tmp_path)) if r["split"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 3 * 44  # no step twice, none missing at the end
     assert result["count"] == 359
+
+
+@pytest.mark.parametrize("name,width,variant", [
+    ("mobilenet_v2", 0.5, None), ("mobilenet_v4", 0.5, "conv_small"),
+    pytest.param("mobilenet_v4", 0.75, "hybrid_medium", marks=pytest.mark.slow)])
+def test_mobilenet_v2_and_v4_loss_falls_on_digits(name, width, variant):
+    config = tiny_train_config(**{"model.name": name, "model.width": width, "model.variant": variant})
+    dataset = build_dataset(config, "train")
+    trainer = train.Trainer(config, dataset.steps_per_epoch(config.train.batch_size))
+    state = trainer.init_state(0)
+    losses = []
+    for epoch in range(2):
+        for batch in dataset.train_batches(config.train.batch_size, epoch=epoch):
+            state, m = trainer.train_step(state, trainer.to_global(batch))
+            losses.append(float(m["loss"]))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])  # 90 steps from scratch at 32 px: falling

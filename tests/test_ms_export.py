@@ -92,7 +92,7 @@ def test_every_format_is_written_and_described(run):
         meta = json.load(f)
     assert meta["engine"] == "mindspore"
     assert meta["model"] == {"name": "mobilenet_v3_small", "width": 0.5, "groups": None, "num_classes": 10,
-                             "bn_eps": 1e-5}
+                             "bn_eps": 1e-5, "convention": "timm", "variant": None}
     assert meta["checkpoint"] == {"path": f"{workdir}/ms_checkpoints/ckpt_{STEPS}.ckpt", "step": STEPS,
                                   "weights": "params"}
     assert meta["class_names"] == [str(d) for d in range(10)]

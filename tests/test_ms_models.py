@@ -16,7 +16,7 @@ from mobilenets_core import weights as canonical
 from mobilenets_ms import models
 
 FAMILIES = [("mobilenet_v1", None), ("mobilenet_v3_small", None), ("mobilenet_v3_large", None), ("shufflenet_v1", 3)]
-VARIANTS = ([(name, width, None) for name in specs.MODEL_NAMES if name != "shufflenet_v1"
+VARIANTS = ([(name, width, None) for name in specs.MODEL_NAMES if name not in ("shufflenet_v1", "mobilenet_v4")
              for width in specs.SUPPORTED_WIDTHS[name]]
             + [("shufflenet_v1", width, groups) for groups in specs.SHUFFLENET_GROUPS
                for width in specs.SUPPORTED_WIDTHS["shufflenet_v1"]])
@@ -57,6 +57,14 @@ def smallest(name, groups):
 @pytest.mark.parametrize("name,width,groups", VARIANTS)
 def test_parameter_count_matches_specs(name, width, groups):
     config = make_config(name, width, groups)
+    arch = specs.architecture_from_config(config.model)
+    assert mobilenets_ms.count_parameters(config) == specs.count_params(arch)
+
+
+@pytest.mark.parametrize("variant,width", [(v, w) for v, ws in specs.MOBILENET_V4_WIDTHS.items() for w in ws])
+def test_mobilenet_v4_parameter_count_matches_specs(variant, width):
+    config = make_config("mobilenet_v4", width)
+    config.model.variant = variant
     arch = specs.architecture_from_config(config.model)
     assert mobilenets_ms.count_parameters(config) == specs.count_params(arch)
 

@@ -306,3 +306,14 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_bit_identical(backend, 
     again = str(tmp_path / "again")
     engine.train_and_evaluate(config, again)
     assert lines(again) == lines(full)
+
+
+@pytest.mark.parametrize("name,width,variant", [
+    ("mobilenet_v2", 0.5, None), ("mobilenet_v4", 0.5, "conv_small"),
+    pytest.param("mobilenet_v4", 0.75, "hybrid_medium", marks=pytest.mark.slow)])
+def test_mobilenet_v2_and_v4_loss_falls_on_digits(tmp_path, name, width, variant):
+    config = tiny_train_config(**{**BASE, "model.name": name, "model.width": width, "model.variant": variant})
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    losses = [r["loss"] for r in read_metrics(str(tmp_path / "run")) if r["split"] == "train"]
+    assert len(losses) >= 8 and np.isfinite(losses).all()  # 44 steps, a line every 5 and at epoch ends
+    assert losses[-1] < 0.85 * losses[0], losses

@@ -8,12 +8,21 @@ import json
 import numpy as np
 
 FIXTURE_MODELS = {
-    # timm model name -> (our model name, width)
-    "mobilenetv1_100": ("mobilenet_v1", 1.0),
-    "mobilenetv3_small_075": ("mobilenet_v3_small", 0.75),
-    "mobilenetv3_small_100": ("mobilenet_v3_small", 1.0),
-    "mobilenetv3_large_075": ("mobilenet_v3_large", 0.75),
-    "mobilenetv3_large_100": ("mobilenet_v3_large", 1.0),
+    # timm model name -> (our model name, width, model.variant)
+    "mobilenetv1_100": ("mobilenet_v1", 1.0, None),
+    "mobilenetv3_small_075": ("mobilenet_v3_small", 0.75, None),
+    "mobilenetv3_small_100": ("mobilenet_v3_small", 1.0, None),
+    "mobilenetv3_large_075": ("mobilenet_v3_large", 0.75, None),
+    "mobilenetv3_large_100": ("mobilenet_v3_large", 1.0, None),
+    "mobilenetv2_050": ("mobilenet_v2", 0.5, None),
+    "mobilenetv2_140": ("mobilenet_v2", 1.4, None),
+    "mobilenetv4_conv_small_050": ("mobilenet_v4", 0.5, "conv_small"),
+    "mobilenetv4_conv_small": ("mobilenet_v4", 1.0, "conv_small"),
+    "mobilenetv4_conv_medium": ("mobilenet_v4", 1.0, "conv_medium"),
+    "mobilenetv4_conv_large": ("mobilenet_v4", 1.0, "conv_large"),
+    "mobilenetv4_hybrid_medium_075": ("mobilenet_v4", 0.75, "hybrid_medium"),
+    "mobilenetv4_hybrid_medium": ("mobilenet_v4", 1.0, "hybrid_medium"),
+    "mobilenetv4_hybrid_large": ("mobilenet_v4", 1.0, "hybrid_large"),
 }
 NUM_CLASSES = 10
 IMAGE_SIZE = 64
@@ -29,11 +38,15 @@ def random_state(keys_and_shapes, seed: int = SEED) -> dict:
         rng = np.random.default_rng([seed, index])
         leaf = key.rsplit(".", 1)[-1]
         module = key.rsplit(".", 2)[-2] if key.count(".") else ""
-        is_bn = module.startswith("bn")
+        is_bn = module.startswith("bn") or module in ("norm", "norm_head")  # MobileNetV4 names some BatchNorms norm
         if leaf == "running_var":
             value = rng.uniform(0.5, 2.0, shape)
         elif leaf == "running_mean":
             value = rng.normal(0.0, 0.2, shape)
+        elif leaf == "gamma" or key.endswith("pw_proj.bn.weight"):
+            # MobileNetV4's residual branches (layer scale, UIB projection BN) small: activations then grow
+            # slowly over its deep residual stacks, and logits stay O(1)
+            value = rng.uniform(0.05, 0.25, shape)
         elif is_bn and leaf == "weight":
             value = rng.uniform(0.5, 1.5, shape)
         elif leaf == "bias":

@@ -2,7 +2,7 @@
 
 Run with the PyTorch/timm peer environment (shared/tools/peer_env.sh torch DIR):
 
-    DIR/bin/python tools/make_timm_fixtures.py
+    DIR/bin/python tools/make_timm_fixtures.py [TIMM_NAME ...]   (names: only those)
 
 For each model in tests/timm_reference.FIXTURE_MODELS it builds the timm model, fills it with
 the deterministic weights of `random_state`, runs it in eval mode on `random_input` and stores
@@ -22,7 +22,10 @@ from tests import timm_reference as ref  # noqa: E402
 
 def main():
     out_dir = os.path.join(ROOT, "tests", "fixtures")
-    for timm_name, (name, width) in ref.FIXTURE_MODELS.items():
+    only = set(sys.argv[1:])  # timm names to (re)make; none: all
+    for timm_name, (name, width, variant) in ref.FIXTURE_MODELS.items():
+        if only and timm_name not in only:
+            continue
         model = timm.create_model(timm_name, pretrained=False, num_classes=ref.NUM_CLASSES).eval()
         keys = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
         state = ref.random_state(keys)
@@ -30,7 +33,7 @@ def main():
         x = torch.from_numpy(ref.random_input().transpose(0, 3, 1, 2).copy())
         with torch.no_grad():
             logits = model(x).numpy()
-        meta = {"timm_model": timm_name, "model": name, "width": width, "num_classes": ref.NUM_CLASSES,
+        meta = {"timm_model": timm_name, "model": name, "width": width, "variant": variant, "num_classes": ref.NUM_CLASSES,
                 "timm_version": timm.__version__, "torch_version": torch.__version__}
         path = os.path.join(out_dir, f"timm_{timm_name}.npz")
         ref.save_fixture(path, keys, logits, meta)

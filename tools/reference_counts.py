@@ -45,7 +45,12 @@ import sys
 TIMM_MNV1_WIDTHS = {"mobilenetv1_025": 0.25, "mobilenetv1_050": 0.5, "mobilenetv1_075": 0.75, "mobilenetv1_100": 1.0}
 TIMM_MNV3 = ["mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
              "mobilenetv3_large_075", "mobilenetv3_large_100"]
-TIMM_KEY_DUMPS = ["mobilenetv1_100", "mobilenetv3_small_100", "mobilenetv3_large_100"]
+TIMM_MNV2 = ["mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_100", "mobilenetv2_140"]
+TIMM_MNV4 = ["mobilenetv4_conv_small_035", "mobilenetv4_conv_small_050", "mobilenetv4_conv_small",
+             "mobilenetv4_conv_medium", "mobilenetv4_conv_large", "mobilenetv4_hybrid_medium_075",
+             "mobilenetv4_hybrid_medium", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_large"]
+TIMM_KEY_DUMPS = ["mobilenetv1_100", "mobilenetv3_small_100", "mobilenetv3_large_100", "mobilenetv2_100",
+                  "mobilenetv4_conv_small", "mobilenetv4_hybrid_medium"]
 MINDCV_KEY_DUMPS = ["shufflenet_v1_g3_10"]
 IMAGE = 224
 
@@ -86,14 +91,35 @@ def _torch_hook_macs(model, x):
     return total[0]
 
 
+def _torch_attention_macs(model, x):
+    """The two matrix products of each MobileNetV4 attention (softmax(q k^T) v), which no Conv2d / Linear
+    hook sees: heads * query pixels * key pixels * (key_dim + value_dim)."""
+    import torch
+
+    total = [0]
+
+    def hook(mod, inp, out):
+        _, _, h, w = inp[0].shape
+        kv = mod.key(inp[0]).shape
+        total[0] += mod.num_heads * h * w * kv[2] * kv[3] * (mod.key_dim + mod.value_dim)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if type(m).__name__ == "MultiQueryAttention2d"]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
 def run_timm(keys_dir):
     import timm
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    available = set(timm.list_models("mobilenetv3_*"))
+    available = set(timm.list_models("mobilenetv[234]_*"))
     models = {}
-    for name in list(TIMM_MNV1_WIDTHS) + TIMM_MNV3:
+    for name in list(TIMM_MNV1_WIDTHS) + TIMM_MNV3 + TIMM_MNV2 + TIMM_MNV4:
         if name not in TIMM_MNV1_WIDTHS and name not in available:
             print(f"skip {name}: not registered in this timm", file=sys.stderr)
             continue
@@ -106,7 +132,7 @@ def run_timm(keys_dir):
         ops = sorted(str(k) for k in counter.get_flop_counts().get("Global", {}))
         assert flops % 2 == 0
         macs = flops // 2
-        hook_macs = _torch_hook_macs(model, x)
+        hook_macs = _torch_hook_macs(model, x) + _torch_attention_macs(model, x)
         assert hook_macs == macs, (name, hook_macs, macs)
         model10, _ = _timm_build(name, 10)
         models[name] = {

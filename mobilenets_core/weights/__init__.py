@@ -5,6 +5,7 @@
     canonical.py       the hub: a .safetensors file of canonical tensors with its ModelInfo
     timm.py            spoke: timm state dicts (.safetensors, .pth)
     mindspore_ckpt.py  spoke: MindSpore .ckpt files, read and written without MindSpore
+    mindcv.py          spoke: mindcv's checkpoints (its parameter names; model.convention=mindcv networks)
     flax_tree.py       spoke: Flax variable trees (the JAX engine's, and a JAX workdir's)
     workdirs.py        the newest weights of a JAX or MindSpore training workdir
     hub.py             pretrained weights by name: hf-hub:timm/<model>.<tag> via the Hugging Face cache

@@ -2,7 +2,8 @@
 
 Every canonical name maps to one Flax leaf: 'blocks.3.dw.conv.weight' <->
 params['blocks_3']['dw']['conv']['kernel'] (HWIO <-> OIHW), 'classifier.weight' <->
-params['classifier']['kernel'] (transposed), '*.bn.mean' / '*.bn.var' <-> batch_stats.
+params['classifier']['kernel'] (transposed), '*.bn.mean' / '*.bn.var' <-> batch_stats; 'head.conv.*' and
+'head.bn.*' are the modules head_conv and head_bn.
 NumPy only: the JAX engine's modules are named so, and a JAX workdir is read without them.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ def flax_path(name: str) -> tuple:
     parts = name.split(".")
     merged = []
     for part in parts[:-1]:
-        if part.isdigit() or (merged == ["head"] and part == "conv"):
+        if part.isdigit() or (merged == ["head"] and part in ("conv", "bn")):
             merged[-1] = f"{merged[-1]}_{part}"
         else:
             merged.append(part)

@@ -7,7 +7,9 @@
 This lets either engine, and the converter, read and write MindSpore checkpoints (a spoke of
 the canonical hub). The names inside are MindSpore parameter names: for our networks, the
 canonical names with BatchNorm's gamma / beta / moving_mean / moving_variance (`canonical_name`),
-plus `mobilenets.bn_eps`, the BatchNorm epsilon the weights were trained with.
+plus `mobilenets.bn_eps`, the BatchNorm epsilon the weights were trained with, and
+`mobilenets.convention`, the architecture convention they were trained as (ASCII bytes; absent: timm).
+A mindcv checkpoint (mindcv's own names) is read through `mindcv.py`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ _DTYPES = {"Float32": np.float32, "Float16": np.float16, "Float64": np.float64, 
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 BN_EPS_TENSOR = "mobilenets.bn_eps"  # lets a reader evaluate the weights with the epsilon they were trained with
 DEFAULT_BN_EPS = 1e-5  # MindSpore's, for a checkpoint written without BN_EPS_TENSOR
+CONVENTION_TENSOR = "mobilenets.convention"  # specs.CONVENTIONS, as uint8 ASCII codes
 _CANONICAL_LEAF = {ms_name: leaf for leaf, ms_name in MINDSPORE_BATCHNORM.items()}
 
 
@@ -157,9 +160,21 @@ def trained_bn_eps(tensors: dict) -> float:
     return float(np.asarray(value).reshape(-1)[0]) if value is not None else DEFAULT_BN_EPS
 
 
-def from_canonical(state: dict, bn_eps: float | None = None) -> dict:
-    """Canonical tensors (and the epsilon they were trained with) -> MindSpore parameter names."""
+def trained_convention(tensors: dict) -> str:
+    """The architecture convention recorded in a checkpoint ("timm" when none is: files before mindcv's)."""
+    value = tensors.get(CONVENTION_TENSOR)
+    return bytes(np.asarray(value, np.uint8).reshape(-1)).decode("ascii") if value is not None else "timm"
+
+
+def convention_tensor(convention: str) -> np.ndarray:
+    return np.frombuffer(convention.encode("ascii"), np.uint8).copy()
+
+
+def from_canonical(state: dict, bn_eps: float | None = None, convention: str | None = None) -> dict:
+    """Canonical tensors (and the epsilon and convention they were trained with) -> MindSpore parameter names."""
     out = {mindspore_name(name): np.asarray(value, np.float32) for name, value in state.items()}
     if bn_eps is not None:
         out[BN_EPS_TENSOR] = np.array([bn_eps], np.float32)
+    if convention is not None:
+        out[CONVENTION_TENSOR] = convention_tensor(convention)
     return out

@@ -1,8 +1,8 @@
 """timm state dicts <-> canonical weights (a spoke of the canonical hub).
 
-Covers timm's `mobilenetv1_*` and `mobilenetv3_{small,large}_*` (EfficientNet-builder models,
-symmetric padding, BatchNorm eps 1e-5). timm groups blocks into stages, `blocks.<stage>.<i>`;
-the stage of each block is recorded in the architecture. The `tf_*` variants use TF "SAME"
+Covers timm's `mobilenetv1_*`, `mobilenetv2_*`, `mobilenetv3_{small,large}_*` and `mobilenetv4_*`
+(EfficientNet-builder models, symmetric padding, BatchNorm eps 1e-5). timm groups blocks into stages,
+`blocks.<stage>.<i>`; the stage of each block is recorded in the architecture. The `tf_*` variants use TF "SAME"
 padding and eps 1e-3 and are not the same network; they are not supported.
 """
 from __future__ import annotations
@@ -18,6 +18,16 @@ TIMM_BN_EPS = 1e-5
 # Part of a block -> (timm conv name, timm BatchNorm name).
 _DS_PARTS = {"dw": ("conv_dw", "bn1"), "pw": ("conv_pw", "bn2")}
 _IR_PARTS = {"expand": ("conv_pw", "bn1"), "dw": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3")}
+_ER_PARTS = {"expand": ("conv_exp", "bn1"), "project": ("conv_pwl", "bn2")}
+_UIR_PARTS = {part: (f"{timm}.conv", f"{timm}.bn") for part, timm in
+              {"dw_start": "dw_start", "expand": "pw_exp", "dw": "dw_mid", "project": "pw_proj", "dw_end": "dw_end"}.items()}
+# MobileAttention: canonical layer -> timm module (ConvBN parts: (conv, bn); Conv / Norm: one module)
+_ATTENTION_PARTS = {"key_down": ("attn.key.down_conv", "attn.key.norm"),
+                    "value_down": ("attn.value.down_conv", "attn.value.norm")}
+_ATTENTION_MODULES = {"norm": "norm", "query": "attn.query.proj", "key": "attn.key.proj", "value": "attn.value.proj",
+                      "output": "attn.output.proj", "layer_scale": "layer_scale"}
+_STAGED = (specs.DepthwiseSeparable, specs.InvertedResidual, specs.EdgeResidual, specs.UniversalInvertedResidual,
+           specs.MobileAttention)
 
 
 def name_map(arch: specs.Architecture) -> dict:
@@ -26,19 +36,30 @@ def name_map(arch: specs.Architecture) -> dict:
         raise ValueError("timm has no ShuffleNetV1; its weights come from the canonical format or MindSpore")
     prefixes = {"stem": ("conv_stem", "bn1")}  # canonical layer prefix -> (timm conv, timm bn)
     se_prefixes = {}
+    modules = {}  # canonical layer prefix -> timm module, for the tensors outside a conv + BN pair
     index_in_stage, last_stage = {}, -1
     for block in arch.blocks:
-        if isinstance(block, (specs.DepthwiseSeparable, specs.InvertedResidual)):
+        staged_conv = isinstance(block, specs.ConvBN) and block.name.startswith("blocks.")  # MobileNetV4's conv rows
+        if isinstance(block, _STAGED) or staged_conv:
             j = index_in_stage.get(block.stage, 0)
             index_in_stage[block.stage] = j + 1
             last_stage = max(last_stage, block.stage)
             timm_block = f"blocks.{block.stage}.{j}"
-            parts = _DS_PARTS if isinstance(block, specs.DepthwiseSeparable) else _IR_PARTS
+            if staged_conv:
+                prefixes[block.name] = (f"{timm_block}.conv", f"{timm_block}.bn1")
+                continue
+            parts = {specs.DepthwiseSeparable: _DS_PARTS, specs.InvertedResidual: _IR_PARTS,
+                     specs.EdgeResidual: _ER_PARTS, specs.UniversalInvertedResidual: _UIR_PARTS,
+                     specs.MobileAttention: _ATTENTION_PARTS}[type(block)]
             for part, (conv, bn) in parts.items():
                 prefixes[f"{block.name}.{part}"] = (f"{timm_block}.{conv}", f"{timm_block}.{bn}")
-            if block.se:
+            for part, module in _ATTENTION_MODULES.items():  # MobileAttention's, and the UIB's layer scale
+                modules[f"{block.name}.{part}"] = f"{timm_block}.{module}"
+            if getattr(block, "se", None):
                 se_prefixes[block.se.name] = f"{timm_block}.se"
-        elif block.name == "final":  # MobileNetV3's last 1x1 ConvBnAct is timm's last stage
+        elif block.name == "final" and arch.name == "mobilenet_v2":  # EfficientNet's head conv, before the pool
+            prefixes["final"] = ("conv_head", "bn2")
+        elif block.name == "final":  # MobileNetV3/V4's last 1x1 ConvBnAct is timm's last stage
             timm_block = f"blocks.{last_stage + 1}.0"
             prefixes["final"] = (f"{timm_block}.conv", f"{timm_block}.bn1")
 
@@ -47,6 +68,12 @@ def name_map(arch: specs.Architecture) -> dict:
         head, leaf = name.rsplit(".", 1)
         if name.startswith("head.conv."):
             mapping[name] = f"conv_head.{leaf}"
+        elif name.startswith("head.bn."):  # MobileNetV4's head conv has BatchNorm
+            mapping[name] = f"norm_head.{TIMM_BATCHNORM[leaf]}"
+        elif head in modules:  # a Conv's weight, a LayerScale's gamma
+            mapping[name] = f"{modules[head]}.{leaf}"
+        elif head.endswith(".bn") and head[:-3] in modules:  # a Norm (BatchNorm alone)
+            mapping[name] = f"{modules[head[:-3]]}.{TIMM_BATCHNORM[leaf]}"
         elif name.startswith("classifier."):
             mapping[name] = name
         elif ".se." in f".{head}." and head.rsplit(".", 1)[0] in se_prefixes:
