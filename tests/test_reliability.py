@@ -388,7 +388,8 @@ def test_missing_recipe_and_a_batch_the_devices_cannot_split_are_one_line(tmp_pa
     result = run_main("--config=configs/mnv9.py", "--mode=summary")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: --config=configs/mnv9.py: no such recipe file; recipes: "
-                                            "configs/mnv1.py, configs/mnv3_large.py, configs/mnv3_small.py")
+                                            "configs/mnv1.py, configs/mnv2.py, configs/mnv3_large.py, "
+                                            "configs/mnv3_small.py, configs/mnv3_transfer.py, configs/mnv4.py")
     workdir = tmp_path / "run"
     result = run_main("--config=configs/mnv3_small.py", f"--workdir={workdir}", "--config.dataset.name=digits",
                       "--config.train.batch_size=64", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"})
@@ -611,7 +612,7 @@ def test_a_workdir_of_another_model_or_training_state_is_refused_untouched(data,
         train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw"}), workdir)
     # accepted on purpose, the change still cannot load the momentum run's training state
     with pytest.raises(ConfigError, match=r"checkpoint step 12 in .* \(name=mobilenet_v1 width=0.25 groups=None "
-                                          r"num_classes=4\) does not fit this config's training state: \d+ missing "
+                                          r"num_classes=4 variant=None\) does not fit this config's training state: \d+ missing "
                                           r"\(first: opt_state/.*\); \d+ unexpected \(first: opt_state/"):
         train.train_and_evaluate(reliability_config(data, {"optimizer.name": "adamw",
                                                            "resume.allow": "optimizer.name"}), workdir)
