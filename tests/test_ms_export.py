@@ -218,3 +218,39 @@ def test_init_weights_are_exported_without_a_checkpoint(tmp_path):
         meta = json.load(f)
     assert meta["checkpoint"] == {"path": weights, "step": None, "weights": "init.weights"}
     assert meta["model"]["bn_eps"] == 1e-3
+
+
+# One V2 and one V4 network through MINDIR and ONNX: their blocks (inverted residuals with ReLU6; universal
+# inverted bottlenecks) are not MobileNetV3's. Random weights, with BatchNorm gains raised (x bn_gain) until
+# the logits differ between images (std over images ~0.2; at gain 1 it is 1e-5 for V2 and 2e-4 for V4, and
+# a wrong layer could pass unseen).
+NEW_FAMILIES = [("mobilenet_v2", 0.5, None, 2.0), ("mobilenet_v4", 0.5, "conv_small", 1.5)]
+
+
+@pytest.mark.parametrize("name,width,variant,bn_gain", NEW_FAMILIES)
+def test_mobilenet_v2_and_v4_export_to_mindir_and_onnx(tmp_path, name, width, variant, bn_gain):
+    config = export_config()
+    config.model.name, config.model.width, config.model.variant = name, width, variant
+    info = canonical.ModelInfo.from_config(config.model)
+    state = random_canonical_state(info.architecture(), seed=3)
+    state = {key: value * bn_gain if key.endswith(".scale") else value for key, value in state.items()}
+    weights = str(tmp_path / "weights.safetensors")
+    canonical.save(weights, state, info)
+    config.init.weights = weights
+    paths = export_lib.export(config, str(tmp_path / "run"))
+    assert set(paths) >= {"mindir", "onnx", "metadata"}
+
+    want_net = models.build_network(config.model)
+    load_canonical(want_net, state)
+    want_net.set_train(False)
+    val = build_dataset(config, "validation")
+    images = normalize(next(iter(val.eval_batches(8)))["image"])
+    want = want_net(Tensor(images)).asnumpy()
+    assert want.std(axis=0).mean() > 0.1  # logits that differ between images: a comparison that can fail
+    got = nn.GraphCell(ms.load(paths["mindir"]))(Tensor(images)).asnumpy()
+    assert np.abs(got - want).max() < FLOAT_TOLERANCE
+    session = ort.InferenceSession(paths["onnx"], providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {"images": images[i:i + 1]})[0] for i in range(len(images))])
+    assert np.abs(got - want).max() < FLOAT_TOLERANCE
+    with open(paths["metadata"]) as f:
+        assert json.load(f)["model"] == info.as_dict()

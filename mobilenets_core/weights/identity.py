@@ -56,8 +56,11 @@ class ModelInfo:
 
     @classmethod
     def of_checkpoint(cls, meta: dict, model_cfg) -> ModelInfo:
-        """A checkpoint's network by its meta; the config fills what an older meta lacks."""
-        return cls.from_dict(meta.get("model") or {}, defaults=cls.from_config(model_cfg))
+        """A checkpoint's network by its meta; the config fills what an older meta lacks, and is the
+        whole answer for weights without a meta (init.weights exported or evaluated as they are)."""
+        if not meta.get("model"):
+            return cls.from_config(model_cfg)
+        return cls.from_dict(meta["model"], defaults=cls.from_config(model_cfg))
 
     @classmethod
     def of_architecture(cls, arch: specs.Architecture, bn_eps: float) -> ModelInfo:
