@@ -59,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.momentum = 0.9
     config.optimizer.decay = 0.9  # RMSProp second-moment decay
     config.optimizer.eps = 1e-8
+    config.optimizer.beta1 = 0.9  # AdamW first-moment decay (the MobileNetV4 recipes lower it to 0.6)
+    config.optimizer.beta2 = 0.999  # AdamW second-moment decay
     config.optimizer.nesterov = False
     config.optimizer.weight_decay = 1e-4
     config.optimizer.decay_bn_and_bias = True  # False: no weight decay on BatchNorm and bias parameters

@@ -85,9 +85,11 @@ POSITIVE = ("bench.batch_size", "bench.steps", "bench.repeats", "train.batch_siz
             "dataset.max_image_pixels", "train.log_every_steps", "eval.batch_size", "eval.every_epochs", "checkpoint.every_epochs",
             "checkpoint.keep", "predict.top_k", "mixed_precision.dynamic_window")
 NON_NEGATIVE = ("bench.warmup_steps", "optimizer.learning_rate", "optimizer.weight_decay", "optimizer.momentum", "optimizer.eps",
+                "optimizer.beta1", "optimizer.beta2",
                 "schedule.warmup_epochs", "schedule.init_lr", "schedule.end_lr", "loss.label_smoothing",
                 "mixed_precision.loss_scale", "ema.decay", "eval.checkpoint")
-BELOW_ONE = ("optimizer.momentum", "optimizer.decay", "loss.label_smoothing", "ema.decay")
+BELOW_ONE = ("optimizer.momentum", "optimizer.decay", "optimizer.beta1", "optimizer.beta2", "loss.label_smoothing",
+             "ema.decay")
 
 
 def _get(config, key):

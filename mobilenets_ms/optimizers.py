@@ -11,7 +11,7 @@ with g the (unscaled, all-reduced) gradient, wd the weight decay and lr the rate
   momentum: v <- momentum * v + g;  w <- w - lr * v      (nesterov: w <- w - lr * (g + momentum * v))
   rmsprop:  ms <- decay * ms + (1 - decay) * g^2   (ms starts at 1)
             mom <- momentum * mom + lr * g / sqrt(ms + eps);  w <- w - mom
-  adamw:    m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  t <- t + 1
+  adamw:    m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  t <- t + 1   (b1, b2: optimizer.beta1 / beta2)
             w <- w - lr * (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd * w)   (decay masked)
 
 Plain momentum runs as MindSpore's fused ApplyMomentum kernel (one per parameter); the other
@@ -27,7 +27,6 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 OPTIMIZERS = ("momentum", "rmsprop", "adamw")
-ADAM_B1, ADAM_B2 = 0.9, 0.999  # the JAX engine's optax.adamw(b1=0.9, b2=0.999)
 
 
 def decays(name: str, decay_bn_and_bias: bool) -> bool:
@@ -82,11 +81,11 @@ def _rmsprop_one(momentum, nesterov, decay, eps, lr, apply, wd, grad, param, mea
     return apply
 
 
-@_adamw_update.register("Number", "Tensor", "Tensor", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor",
-                        "Tensor")
-def _adamw_one(eps, correction1, correction2, lr, apply, wd, grad, param, mu, nu):
-    new_mu = ADAM_B1 * mu + (1.0 - ADAM_B1) * grad
-    new_nu = ADAM_B2 * nu + (1.0 - ADAM_B2) * ops.square(grad)
+@_adamw_update.register("Number", "Number", "Number", "Tensor", "Tensor", "Tensor", "Tensor", "Number", "Tensor",
+                        "Tensor", "Tensor", "Tensor")
+def _adamw_one(b1, b2, eps, correction1, correction2, lr, apply, wd, grad, param, mu, nu):
+    new_mu = b1 * mu + (1.0 - b1) * grad
+    new_nu = b2 * nu + (1.0 - b2) * ops.square(grad)
     update = (new_mu / correction1) / (ops.sqrt(new_nu / correction2) + eps) + wd * param
     ops.assign(mu, ops.where(apply, new_mu, mu))
     ops.assign(nu, ops.where(apply, new_nu, nu))
@@ -111,6 +110,7 @@ class Optimizer(nn.Cell):
         self.nesterov = bool(o.nesterov)
         self.decay = float(o.decay)
         self.eps = float(o.eps)
+        self.beta1, self.beta2 = float(o.get("beta1", 0.9)), float(o.get("beta2", 0.999))  # older configs: 0.9 / 0.999
         self.weight_decay = float(o.weight_decay)
         # Per-parameter decay (0.0 where masked): g + 0.0 * w == g exactly, so no branch is needed.
         self.decay_values = tuple(self.weight_decay if decays(p.name, o.decay_bn_and_bias) else 0.0
@@ -140,9 +140,10 @@ class Optimizer(nn.Cell):
     def construct(self, grads, lr, apply):
         if self.kind == "adamw":
             t = (self.count + 1).astype(ms.float32)
-            correction1 = 1.0 - ops.pow(ADAM_B1, t)
-            correction2 = 1.0 - ops.pow(ADAM_B2, t)
-            done = self.hyper_map(ops.partial(_adamw_update, self.eps, correction1, correction2, lr, apply),
+            correction1 = 1.0 - ops.pow(self.beta1, t)
+            correction2 = 1.0 - ops.pow(self.beta2, t)
+            done = self.hyper_map(ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, correction1,
+                                              correction2, lr, apply),
                                   self.decay_values, grads, self.params, self.mu, self.nu)
             ops.assign(self.count, ops.where(apply, self.count + 1, self.count))
             return done

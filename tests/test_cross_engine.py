@@ -52,6 +52,7 @@ OPTIMIZER_CASES = {
     "sgd": dict(name="momentum", momentum=0.0, nesterov=False, weight_decay=0.0, decay_bn_and_bias=True),
     "rmsprop": dict(name="rmsprop", momentum=0.9, decay=0.9, eps=1e-3, weight_decay=4e-5, decay_bn_and_bias=False),
     "adamw": dict(name="adamw", eps=1e-8, weight_decay=0.05, decay_bn_and_bias=False),
+    "adamw_mnv4": dict(name="adamw", eps=1e-6, beta1=0.6, beta2=0.99, weight_decay=0.01, decay_bn_and_bias=False),
 }
 
 

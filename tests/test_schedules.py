@@ -39,6 +39,13 @@ CASES = {
                                 7810 + 66385: 1e-5 + (0.1 - 1e-5) * 0.25, 140579: 1e-5 + (0.1 - 1e-5) / 132770 ** 2},
     # shufflenet_v1: batch 1024 -> 1251 steps/epoch, 250 epochs, warmup 4, cosine 0.5 -> 0
     ("shufflenet_v1", None, 1251): {0: 0.0, 2502: 0.25, 5004: 0.5, 5004 + 153873: 0.25, 312749: cosine(0.5, 5004, 312750, 312749)},
+    # mnv4 conv_small: batch 4096 -> 312 steps/epoch, 9600 epochs, warm-up 1560 steps (the yaml's), cosine 0.002 -> 0
+    ("mnv4", "conv_small", 312): {0: 0.0, 780: 0.001, 1560: 0.002, 1560 + (2995200 - 1560) // 2: 0.001,
+                                  2995199: cosine(0.002, 1560, 2995200, 2995199)},
+    # mnv4 hybrid_large: batch 16384 -> 78 steps/epoch, 500 epochs = the yaml's 39000 steps, warm-up 1560,
+    # cosine 0.01 -> 1e-5 (alpha 0.001)
+    ("mnv4", "hybrid_large", 78): {0: 0.0, 1560: 0.01, 1560 + 37440 // 2: 0.5 * (0.01 + 1e-5),
+                                   38999: cosine(0.01, 1560, 39000, 38999, end=1e-5)},
 }
 
 
