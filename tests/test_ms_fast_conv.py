@@ -46,18 +46,21 @@ def test_depthwise_values_and_gradients_equal_nn_conv2d(mode, channels, kernel, 
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
 
 
-def _config(name, groups, impl):
+def _config(name, groups, impl, variant=None):
     config = get_config()
-    config.model.name, config.model.groups = name, groups
-    config.model.width = specs.SUPPORTED_WIDTHS[name][0]
+    config.model.name, config.model.groups, config.model.variant = name, groups, variant
+    config.model.width = (specs.MOBILENET_V4_WIDTHS[variant] if variant else specs.SUPPORTED_WIDTHS[name])[0]
     config.model.num_classes = 10
     config.model.dropout = 0.0
     config.model.conv_impl = impl
     return config
 
 
-@pytest.mark.parametrize("name,groups", [("mobilenet_v3_small", None), ("shufflenet_v1", 3)])
-def test_whole_network_gradients_equal_the_reference_path(name, groups):
+@pytest.mark.parametrize("name,groups,variant", [
+    ("mobilenet_v3_small", None, None), ("shufflenet_v1", 3, None),
+    pytest.param("mobilenet_v2", None, None, marks=pytest.mark.slow),
+    pytest.param("mobilenet_v4", None, "conv_small", marks=pytest.mark.slow)])
+def test_whole_network_gradients_equal_the_reference_path(name, groups, variant):
     """Training mode (batch statistics), graph mode: the loss and every parameter's gradient."""
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -65,7 +68,7 @@ def test_whole_network_gradients_equal_the_reference_path(name, groups):
         x = ms.Tensor(np.random.default_rng(5).random((4, 32, 32, 3), dtype=np.float32))
         results = {}
         for impl in ("xla", "fast"):
-            net = models.build_network(_config(name, groups, impl).model, seed=7)
+            net = models.build_network(_config(name, groups, impl, variant).model, seed=7)
             cells = [c for _, c in net.cells_and_names() if isinstance(c, layers.DepthwiseConv2d)]
             fast_cells = sum(c.fast for c in cells)
             assert fast_cells == (0 if impl == "xla" else sum(c.applies for c in cells)) and sum(c.applies for c in cells)
