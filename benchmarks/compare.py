@@ -41,7 +41,10 @@ FAMILIES = {
     "mobilenet_v3_large": ({"model": "mobilenet_v3_large"}, "mobilenetv3_large_100", "mobilenet_v3_large_100"),
     "mobilenet_v1": ({"model": "mobilenet_v1"}, "mobilenetv1_100", "mobilenet_v1_100"),
     "shufflenet_v1": ({"model": "shufflenet_v1", "groups": 3}, None, "shufflenet_v1_g3_10"),
+    "mobilenet_v2": ({"model": "mobilenet_v2"}, "mobilenetv2_100", "mobilenet_v2_100"),
+    "mobilenet_v4_conv_small": ({"model": "mobilenet_v4", "variant": "conv_small"}, "mobilenetv4_conv_small", None),
 }
+SEED_FAMILIES = ("mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v1", "shufflenet_v1")  # the default run
 # jax-xla: our JAX engine with conv_impl=xla; timm-compile: timm under torch.compile
 ENGINES = ("jax", "mindspore", "timm", "mindcv", "jax-xla", "timm-compile")
 PEER_OF = {"jax": "timm", "jax-xla": "timm", "mindspore": "mindcv"}
@@ -56,6 +59,8 @@ def command(engine: str, family: str, args) -> list[str] | None:
                "mindspore" if engine == "mindspore" else "jax", "--model", ours["model"], *common]
         if "groups" in ours:
             cmd += ["--groups", str(ours["groups"])]
+        if "variant" in ours:
+            cmd += ["--variant", ours["variant"]]
         if engine == "jax-xla":
             cmd += ["--conv-impl", "xla"]
         if engine == "mindspore" and args.device == "gpu":
@@ -178,7 +183,7 @@ def markdown(rows: list[dict], info: dict, argv: list[str], started: str, loads:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=list(SEED_FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--engines", nargs="+", default=["jax", "mindspore", "timm", "mindcv"], choices=ENGINES)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)

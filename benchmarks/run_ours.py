@@ -18,6 +18,7 @@ from configs import base  # noqa: E402
 def build_config(args):
     config = base.get_config()
     config.model.name, config.model.width, config.model.groups = args.model, args.width, args.groups
+    config.model.variant = args.variant
     config.model.num_classes = 1000
     config.dataset.image_size = args.size
     config.train.dtype = args.dtype
@@ -36,6 +37,7 @@ def main():
     parser.add_argument("--model", required=True)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--groups", type=int, default=None)
+    parser.add_argument("--variant", default=None, help="MobileNetV4's model.variant, e.g. conv_small")
     parser.add_argument("--conv-impl", default="", choices=("", "auto", "fast", "xla"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="JAX compute dtype")
     parser.add_argument("--batch", type=int, default=32)
