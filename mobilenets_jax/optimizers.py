@@ -48,8 +48,7 @@ def _optimizer(config, lr_table) -> optax.GradientTransformation:
     schedule = lr_schedule(lr_table)
     mask = lambda params: decay_mask(params, o.decay_bn_and_bias)  # noqa: E731
     if o.name == "adamw":
-        return optax.adamw(schedule, b1=o.get("beta1", 0.9), b2=o.get("beta2", 0.999), eps=o.eps,
-                           weight_decay=o.weight_decay, mask=mask)  # older configs: optax's 0.9 / 0.999
+        return optax.adamw(schedule, b1=o.beta1, b2=o.beta2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
     if o.name == "momentum":
         core = optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov)
     elif o.name == "rmsprop":

@@ -110,7 +110,7 @@ class Optimizer(nn.Cell):
         self.nesterov = bool(o.nesterov)
         self.decay = float(o.decay)
         self.eps = float(o.eps)
-        self.beta1, self.beta2 = float(o.get("beta1", 0.9)), float(o.get("beta2", 0.999))  # older configs: 0.9 / 0.999
+        self.beta1, self.beta2 = float(o.beta1), float(o.beta2)
         self.weight_decay = float(o.weight_decay)
         # Per-parameter decay (0.0 where masked): g + 0.0 * w == g exactly, so no branch is needed.
         self.decay_values = tuple(self.weight_decay if decays(p.name, o.decay_bn_and_bias) else 0.0
