@@ -312,7 +312,9 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_bit_identical(backend, 
     ("mobilenet_v2", 0.5, None), ("mobilenet_v4", 0.5, "conv_small"),
     pytest.param("mobilenet_v4", 0.75, "hybrid_medium", marks=pytest.mark.slow)])
 def test_mobilenet_v2_and_v4_loss_falls_on_digits(tmp_path, name, width, variant):
-    config = tiny_train_config(**{**BASE, "model.name": name, "model.width": width, "model.variant": variant})
+    # 0.02 as in the JAX twin: at 0.05 V4's 1x1 late stages make the loss spike, so a fall is luck
+    config = tiny_train_config(**{**BASE, "model.name": name, "model.width": width, "model.variant": variant,
+                                  "optimizer.learning_rate": 0.02})
     train.train_and_evaluate(config, str(tmp_path / "run"))
     losses = [r["loss"] for r in read_metrics(str(tmp_path / "run")) if r["split"] == "train"]
     assert len(losses) >= 8 and np.isfinite(losses).all()  # 44 steps, a line every 5 and at epoch ends
