@@ -24,8 +24,8 @@ demo: setup
 	$(PY) main.py --config=configs/mnv3_small.py --workdir=$(DEMO_WORKDIR) --config.dataset.name=digits
 	$(PY) main.py --config=configs/mnv3_small.py --workdir=$(DEMO_WORKDIR) --config.dataset.name=digits --mode=eval
 
-# The test suite, without the checks marked slow (~9 minutes on 2 cores); `make test-slow`
-# runs those (whole-network and multi-process checks, every family; ~10 minutes); CI runs both.
+# The test suite, without the checks marked slow (~24 minutes on 2 cores); `make test-slow`
+# runs those (whole-network and multi-process checks, every family; ~30 minutes); CI runs both.
 # Tests run in TEST_WORKERS processes (pytest-xdist): most of the time is single-threaded
 # compilation. The quick suite keeps each file on one worker (its module fixtures train once);
 # the slow checks are spread test by test. tests/conftest.py shares one compilation cache.
