@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
-from mobilenets_core import config_check, failures, specs
+from mobilenets_core import config_check, failures, huge_pages, specs
 
 MODES = ("train", "eval", "predict", "export", "convert", "summary", "bench")
 BACKENDS = ("jax", "mindspore")
@@ -113,6 +113,8 @@ def summary(config, backend: str) -> dict:
 
 def main(argv):
     del argv
+    if FLAGS.backend == "jax" and FLAGS.mode not in ("summary", "convert"):
+        huge_pages.restart_with_huge_pages()  # XLA:CPU's buffers on 2 MiB pages (mobilenets_core/huge_pages.py)
     if not FLAGS["verbosity"].present:
         # Orbax and TFDS log every file operation, and Orbax logs a failed read or write with its
         # tracebacks beside the one `error:` line that reports it; --verbosity=0 shows them all.

@@ -4,7 +4,8 @@
 
 Builds the config from configs/base.py (the recipe's optimizer would differ between models; the
 comparison uses momentum SGD everywhere, as the peers' scripts do) and calls the engine's
-`bench(config)`, exactly what `main.py --mode=bench` calls.
+`bench(config)`, exactly what `main.py --mode=bench` calls (after the same restart onto huge
+pages for the JAX engine, mobilenets_core/huge_pages.py).
 """
 import argparse
 import os
@@ -13,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # noqa: E402
+from mobilenets_core import huge_pages  # noqa: E402
 
 
 def build_config(args):
@@ -48,6 +50,7 @@ def main():
     args = parser.parse_args()
     config = build_config(args)
     if args.backend == "jax":
+        huge_pages.restart_with_huge_pages()  # as main.py does for the JAX engine
         from mobilenets_jax.bench import bench
     else:
         from mobilenets_ms.bench import bench
