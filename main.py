@@ -113,8 +113,6 @@ def summary(config, backend: str) -> dict:
 
 def main(argv):
     del argv
-    if FLAGS.backend == "jax" and FLAGS.mode not in ("summary", "convert"):
-        huge_pages.restart_with_huge_pages()  # XLA:CPU's buffers on 2 MiB pages (mobilenets_core/huge_pages.py)
     if not FLAGS["verbosity"].present:
         # Orbax and TFDS log every file operation, and Orbax logs a failed read or write with its
         # tracebacks beside the one `error:` line that reports it; --verbosity=0 shows them all.
@@ -155,5 +153,13 @@ def main(argv):
         sys.exit(f"error: {e}")  # a config mistake, a non-finite loss, a checkpoint that cannot be written or read
 
 
+def program(argv):
+    """main() as the process's program: a JAX run first restarts itself onto huge pages (XLA:CPU's
+    buffers, mobilenets_core/huge_pages.py); main() called from other code never restarts anything."""
+    if FLAGS.backend == "jax" and FLAGS.mode not in ("summary", "convert"):
+        huge_pages.restart_with_huge_pages()
+    main(argv)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(program, flags_parser=parse_flags)

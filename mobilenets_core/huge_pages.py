@@ -7,8 +7,9 @@ the kernel zeroes a page) for every 4 KiB it writes. With the tunable, glibc ask
 2 MiB transparent huge pages on those mappings (it matters where THP is `madvise`, the common
 default; where it is `always` the kernel does so anyway). Measured on a 2-core AMD EPYC, 224 px,
 batch 32: an elementwise `x * 2` over 128 MiB 3.2 -> 17 GB/s, a MobileNetV3-Small training
-step 540 -> 360-405 ms, inference 110 -> 80-86 ms (BENCHMARKS.md). timm and MindSpore keep their
-own memory pools and measured no change, so only the JAX engine restarts.
+step 540 -> 360-405 ms, inference 110 -> 80-86 ms (BENCHMARKS.md). timm measured no change, and
+MindSpore, which pools its own memory, slowed down (its process spent 16.6 s in the kernel instead
+of 3.4 s in one MobileNetV3-Small bench), so only the JAX engine restarts.
 
 glibc reads tunables when a process starts, hence the restart (`os.execv`, same PID, same
 arguments, before any engine is imported). MOBILENETS_HUGE_PAGES=0 turns it off; it never
@@ -56,12 +57,16 @@ def _thp_available(path: str = THP_ENABLED) -> bool:
         return False
 
 
+def applies(environ=os.environ) -> bool:
+    """Whether this machine and environment call for the restart (glibc >= 2.35, THP, no opt-out)."""
+    return (environ.get(OPT_OUT, "1") != "0" and sys.platform == "linux" and _glibc_supports_tunable()
+            and _thp_available())
+
+
 def restart_with_huge_pages(environ=os.environ) -> None:
     """Replace this process by itself with the tunable set, where it applies; else return."""
-    if environ.get(OPT_OUT, "1") == "0" or sys.platform != "linux":
-        return
     tunables = tunables_with_huge_pages(environ.get("GLIBC_TUNABLES"))
-    if tunables is None or not _glibc_supports_tunable() or not _thp_available():
+    if tunables is None or not applies(environ):
         return
     argv = getattr(sys, "orig_argv", None)
     if not argv:

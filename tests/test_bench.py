@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from benchmarks import compare
+from mobilenets_core import huge_pages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config=configs/mnv1.py", "--config.model.width=0.25", "--config.model.num_classes=10",
@@ -57,6 +58,8 @@ def test_bench_prints_one_record_without_tensorflow_and_writes_nothing(backend, 
     assert (record["warmup_steps"], record["steps"], record["repeats"]) == (1, 2, 2)
     assert "tensorflow" not in imported  # the GPU machines have no TensorFlow
     assert ("mindspore" in imported) == (backend == "mindspore")
+    if backend == "jax" and huge_pages.applies():  # main.py restarted onto huge pages (MindSpore never does)
+        assert record["malloc_huge_pages"] is True
     assert sorted(os.listdir(ROOT)) == before
 
 

@@ -34,8 +34,7 @@ def probe(**env) -> list[str]:
     return out.splitlines()
 
 
-@pytest.mark.skipif(not (sys.platform == "linux" and huge_pages._glibc_supports_tunable()
-                         and huge_pages._thp_available()), reason="needs glibc >= 2.35 and transparent huge pages")
+@pytest.mark.skipif(not huge_pages.applies({}), reason="needs glibc >= 2.35 and transparent huge pages")
 def test_restart_sets_the_tunable_once():
     assert probe() == ["glibc.malloc.hugetlb=1 True"]  # one line: the first process never reached print
     assert probe(GLIBC_TUNABLES="glibc.malloc.tcache_count=0") == [
