@@ -7,10 +7,12 @@ Every measurement is one subprocess (our engines through `--mode=bench`'s functi
 benchmarks/run_ours.py, the peers through benchmarks/peer_timm.py and peer_mindcv.py in their
 own environments, see shared/tools/peer_env.sh), so no engine shares a process, a thread pool
 or an allocator with another. A round runs every (family, engine) once; the engine order
-rotates from round to round, so background load on a shared machine falls on all engines
-alike. Each process reports the median of its own timed repeats; the table shows the median
-over rounds, the spread over rounds, and ratios ours / peer of those medians together with
-the range of the per-round ratios (each taken from measurements minutes apart, not hours).
+rotates from round to round (the engines after the first reversed in every other round), so
+background load on a shared machine falls on all engines alike. Each process reports the median
+of its own timed repeats; the table shows the median over rounds, the spread over rounds, and
+ratios ours / peer of those medians (JAX against timm, or mindcv where timm lacks the family:
+ShuffleNetV1; MindSpore against mindcv) together with the range of the per-round ratios (each
+taken from measurements minutes apart, not hours).
 
 Protocol (same for all four): batch --batch, --size x --size, float32, random data created
 once on the device; a training step = forward + softmax cross-entropy + backward + SGD with
@@ -47,7 +49,8 @@ FAMILIES = {
 SEED_FAMILIES = ("mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v1", "shufflenet_v1")  # the default run
 # jax-xla: our JAX engine with conv_impl=xla; timm-compile: timm under torch.compile
 ENGINES = ("jax", "mindspore", "timm", "mindcv", "jax-xla", "timm-compile")
-PEER_OF = {"jax": "timm", "jax-xla": "timm", "mindspore": "mindcv"}
+# the peer each engine is measured against: the first of these with runs of the family (timm has no ShuffleNetV1)
+PEERS_OF = {"jax": ("timm", "mindcv"), "jax-xla": ("timm", "mindcv"), "mindspore": ("mindcv",)}
 
 
 def command(engine: str, family: str, args) -> list[str] | None:
@@ -80,6 +83,15 @@ def command(engine: str, family: str, args) -> list[str] | None:
             return None
         return [args.mindcv_python, os.path.join(HERE, "peer_mindcv.py"), "--model", mindcv_name, *common]
     raise ValueError(engine)
+
+
+def engine_order(engines: list[str], round_index: int) -> list[str]:
+    """The engines of round `round_index`: rotated by one per round (each engine runs first in turn),
+    the ones after the first reversed in odd rounds, so that no engine always runs right after the
+    same other one (a plain rotation keeps the cyclic order: every round, MindSpore followed JAX)."""
+    shift = round_index % len(engines)
+    order = list(engines[shift:]) + list(engines[:shift])
+    return order[:1] + order[:0:-1] if round_index % 2 else order
 
 
 def run_one(cmd: list[str], env: dict, timeout: int) -> dict:
@@ -145,7 +157,7 @@ def summarize(records: list[dict], families, engines) -> list[dict]:
                    "train": median(train), "train_min": min(train), "train_max": max(train), "infer": median(infer),
                    "peak_memory_gib": median([r["peak_memory"] for r in runs]) / 2**30,
                    "step_ms": median([r["step_ms"] for r in runs])}
-            peer = PEER_OF.get(engine)
+            peer = next((p for p in PEERS_OF.get(engine, ()) if by_engine.get(p)), None)
             peer_runs = by_engine.get(peer) or []
             if peer_runs:
                 row["peer"] = peer
@@ -227,8 +239,7 @@ def main():
     stop_at = time.time() + args.deadline if args.deadline else None
     raw = open(os.path.splitext(args.out)[0] + ".jsonl", "a") if args.out else None
     for round_index in range(args.rounds):
-        shift = round_index % len(args.engines)
-        order = args.engines[shift:] + args.engines[:shift]
+        order = engine_order(args.engines, round_index)
         for family in args.families:
             for engine in order:
                 cmd = command(engine, family, args)

@@ -114,6 +114,25 @@ def test_compare_takes_medians_over_rounds_and_same_round_ratios():
     assert "train_ratio" not in rows["timm"]
 
 
+def test_compare_measures_jax_against_mindcv_where_timm_has_no_such_model():
+    records = [_record("shufflenet_v1", "jax", 0, 30.0, 120.0), _record("shufflenet_v1", "mindcv", 0, 24.0, 100.0),
+               _record("shufflenet_v1", "mindspore", 0, 27.0, 110.0)]
+    rows = {r["engine"]: r for r in compare.summarize(records, ["shufflenet_v1"], ["jax", "mindspore", "mindcv"])}
+    assert (rows["jax"]["peer"], rows["mindspore"]["peer"]) == ("mindcv", "mindcv")
+    assert rows["jax"]["train_ratio"] == pytest.approx(1.25)
+    assert rows["mindspore"]["infer_ratio"] == pytest.approx(1.1)
+
+
+def test_compare_varies_which_engine_runs_first_and_which_runs_before_which():
+    engines = ["jax", "mindspore", "timm", "mindcv"]
+    orders = [compare.engine_order(engines, r) for r in range(4)]
+    assert all(sorted(order) == sorted(engines) for order in orders)
+    assert orders[0] == engines and orders[1] == ["mindspore", "jax", "mindcv", "timm"]
+    assert sorted(order[0] for order in orders) == ["jax", "mindcv", "mindspore", "timm"]
+    before_mindspore = {order[order.index("mindspore") - 1] for order in orders if order[0] != "mindspore"}
+    assert len(before_mindspore) >= 2  # a plain rotation puts JAX before MindSpore in every round
+
+
 def test_compare_runs_every_engine_of_a_family_with_the_same_settings():
     args = compare.parse_args(["--families", "shufflenet_v1", "--batch", "8", "--size", "64"])
     jax_cmd, ms_cmd = compare.command("jax", "shufflenet_v1", args), compare.command("mindspore", "shufflenet_v1", args)
