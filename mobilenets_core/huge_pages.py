@@ -28,13 +28,22 @@ OPT_OUT = "MOBILENETS_HUGE_PAGES"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+def _entries(tunables: str | None) -> list[str]:
+    """GLIBC_TUNABLES' colon-separated `name=value` entries."""
+    return [e for e in (tunables or "").split(":") if e]
+
+
+def _value(tunables: str | None) -> str | None:
+    """The huge-page tunable's value in `tunables`, None where unset."""
+    return dict(e.split("=", 1) for e in _entries(tunables) if "=" in e).get(TUNABLE)
+
+
 def tunables_with_huge_pages(current: str | None) -> str | None:
     """GLIBC_TUNABLES with the huge-page tunable added to `current` (colon-separated), or None
     where `current` already sets it (a user's own value wins)."""
-    entries = [e for e in (current or "").split(":") if e]
-    if any(e.split("=", 1)[0] == TUNABLE for e in entries):
+    if _value(current) is not None:
         return None
-    return ":".join(entries + [f"{TUNABLE}={VALUE}"])
+    return ":".join(_entries(current) + [f"{TUNABLE}={VALUE}"])
 
 
 def _glibc_supports_tunable() -> bool:
@@ -68,16 +77,11 @@ def restart_with_huge_pages(environ=os.environ) -> None:
     tunables = tunables_with_huge_pages(environ.get("GLIBC_TUNABLES"))
     if tunables is None or not applies(environ):
         return
-    argv = getattr(sys, "orig_argv", None)
-    if not argv:
-        return
-    env = dict(environ, GLIBC_TUNABLES=tunables)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable] + list(argv[1:]), env)
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], dict(environ, GLIBC_TUNABLES=tunables))
 
 
 def active(environ=os.environ) -> bool:
     """Whether this process runs with huge pages asked of malloc (for the bench record)."""
-    values = dict(e.split("=", 1) for e in (environ.get("GLIBC_TUNABLES") or "").split(":") if "=" in e)
-    return values.get(TUNABLE, "0") != "0"
+    return (_value(environ.get("GLIBC_TUNABLES")) or "0") != "0"

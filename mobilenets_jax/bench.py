@@ -64,5 +64,5 @@ def bench(config, workdir: str | None = None) -> dict:
         device_count=jax.device_count(), dtype=str(config.train.dtype), train_s=train_s, train_first_s=train_first_s,
         infer_s=infer_s, infer_first_s=infer_first_s,
         device_peak_bytes=(device.memory_stats() or {}).get("peak_bytes_in_use"),  # none on CPU: process peak RSS
-        engine_fields={"conv_impl": layers.resolve_impl(module.conv_impl),
-                                                     "malloc_huge_pages": huge_pages.active()}, fed=fed)
+        engine_fields={"conv_impl": layers.resolve_impl(module.conv_impl), "malloc_huge_pages": huge_pages.active()},
+        fed=fed)
