@@ -10,6 +10,10 @@ import os
 # keep errors only unless the user asked for more (GLOG_v=1 or 2).
 os.environ.setdefault("GLOG_v", "3")
 
+from mobilenets_ms import onednn_isa  # noqa: E402  imports nothing of MindSpore
+
+onednn_isa.apply()  # before MindSpore loads oneDNN: AVX2 kernels where the CPU has AVX-512
+
 from mobilenets_core.weights import ModelInfo, canonical, identity, reader  # noqa: E402
 from mobilenets_ms import models  # noqa: E402
 from mobilenets_ms.weights import load_canonical, to_canonical  # noqa: E402

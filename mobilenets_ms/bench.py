@@ -23,7 +23,7 @@ from mobilenets_core.bench import (
     synthetic_batch,
 )
 from mobilenets_core.config_check import ConfigError
-from mobilenets_ms import layers
+from mobilenets_ms import layers, onednn_isa
 from mobilenets_ms.train import Trainer, device_images, setup
 
 
@@ -70,5 +70,6 @@ def bench(config, workdir: str | None = None) -> dict:
         dtype=_dtype(level), train_s=train_s, train_first_s=train_first_s, infer_s=infer_s,
         infer_first_s=infer_first_s,
         engine_fields={"mode": "graph" if ms.get_context("mode") == ms.GRAPH_MODE else "pynative",
-                       "conv_impl": layers.resolve_impl(str(config.model.get("conv_impl", None) or "auto"))},
+                       "conv_impl": layers.resolve_impl(str(config.model.get("conv_impl", None) or "auto")),
+                       "onednn_max_cpu_isa": onednn_isa.current()},
         fed=fed)
