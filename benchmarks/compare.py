@@ -47,10 +47,13 @@ FAMILIES = {
     "mobilenet_v4_conv_small": ({"model": "mobilenet_v4", "variant": "conv_small"}, "mobilenetv4_conv_small", None),
 }
 SEED_FAMILIES = ("mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v1", "shufflenet_v1")  # the default run
-# jax-xla: our JAX engine with conv_impl=xla; timm-compile: timm under torch.compile
-ENGINES = ("jax", "mindspore", "timm", "mindcv", "jax-xla", "timm-compile")
+# jax-xla: our JAX engine with conv_impl=xla; timm-compile: timm under torch.compile; mindcv-avx2: mindcv with
+# oneDNN capped at AVX2, the limit our MindSpore engine sets on CPUs with AVX-512 (mobilenets_ms/onednn_isa.py)
+ENGINES = ("jax", "mindspore", "timm", "mindcv", "jax-xla", "timm-compile", "mindcv-avx2")
 # the peer each engine is measured against: the first of these with runs of the family (timm has no ShuffleNetV1)
 PEERS_OF = {"jax": ("timm", "mindcv"), "jax-xla": ("timm", "mindcv"), "mindspore": ("mindcv",)}
+# a second peer, reported under the table: MindSpore against mindcv run with the same oneDNN limit
+SAME_ISA_PEER = {"mindspore": "mindcv-avx2"}
 
 
 def command(engine: str, family: str, args) -> list[str] | None:
@@ -78,10 +81,11 @@ def command(engine: str, family: str, args) -> list[str] | None:
         if engine == "timm-compile":
             cmd.append("--compile")
         return cmd + (["--device", "cuda", "--amp"] if args.device == "gpu" else [])
-    if engine == "mindcv":
+    if engine in ("mindcv", "mindcv-avx2"):
         if mindcv_name is None or args.device == "gpu":
             return None
-        return [args.mindcv_python, os.path.join(HERE, "peer_mindcv.py"), "--model", mindcv_name, *common]
+        cmd = [args.mindcv_python, os.path.join(HERE, "peer_mindcv.py"), "--model", mindcv_name, *common]
+        return (["env", "ONEDNN_MAX_CPU_ISA=AVX2"] if engine == "mindcv-avx2" else []) + cmd
     raise ValueError(engine)
 
 
@@ -166,6 +170,11 @@ def summarize(records: list[dict], families, engines) -> list[dict]:
                 per_round = [o["train_images_per_sec"] / p["train_images_per_sec"] for o in runs for p in peer_runs
                              if o["round"] == p["round"]]
                 row["train_ratio_range"] = (min(per_round), max(per_round)) if per_round else None
+            same_isa = by_engine.get(SAME_ISA_PEER.get(engine)) or []
+            if same_isa:
+                row["same_isa_peer"] = SAME_ISA_PEER[engine]
+                row["same_isa_train_ratio"] = row["train"] / median([r["train_images_per_sec"] for r in same_isa])
+                row["same_isa_infer_ratio"] = row["infer"] / median([r["infer_images_per_sec"] for r in same_isa])
             rows.append(row)
     return rows
 
@@ -190,6 +199,11 @@ def markdown(rows: list[dict], info: dict, argv: list[str], started: str, loads:
         lines.append(f"| {row['model']} | {row['engine']} | {fmt(row['train'])} | {fmt(row['train_min'])}–"
                      f"{fmt(row['train_max'])} | {fmt(row['infer'])} | {ratio} | {infer_ratio} | "
                      f"{fmt(row['step_ms'], 0)} | {row['peak_memory_gib']:.2f} |")
+    same_isa = [row for row in rows if "same_isa_peer" in row]
+    if same_isa:
+        lines += ["", "Against the peer run with the same oneDNN limit (AVX2): " + "; ".join(
+            f"{row['model']} {row['engine']} {row['same_isa_train_ratio']:.2f}x {row['same_isa_peer']} in training, "
+            f"{row['same_isa_infer_ratio']:.2f}x in inference" for row in same_isa) + "."]
     return "\n".join(lines) + "\n"
 
 

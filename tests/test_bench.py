@@ -123,6 +123,21 @@ def test_compare_measures_jax_against_mindcv_where_timm_has_no_such_model():
     assert rows["mindspore"]["infer_ratio"] == pytest.approx(1.1)
 
 
+def test_compare_reports_mindspore_against_mindcv_also_at_the_same_onednn_limit():
+    records = [_record("mobilenet_v1", "mindspore", 0, 30.0, 120.0), _record("mobilenet_v1", "mindcv", 0, 6.0, 20.0),
+               _record("mobilenet_v1", "mindcv-avx2", 0, 25.0, 100.0)]
+    engines = ["mindspore", "mindcv", "mindcv-avx2"]
+    rows = {r["engine"]: r for r in compare.summarize(records, ["mobilenet_v1"], engines)}
+    assert rows["mindspore"]["train_ratio"] == pytest.approx(5.0)  # the peer as users run it
+    assert (rows["mindspore"]["same_isa_train_ratio"], rows["mindspore"]["same_isa_infer_ratio"]) == \
+        pytest.approx((1.2, 1.2))
+    args = compare.parse_args(["--families", "mobilenet_v1"])
+    capped, plain = compare.command("mindcv-avx2", "mobilenet_v1", args), compare.command("mindcv", "mobilenet_v1", args)
+    assert capped == ["env", "ONEDNN_MAX_CPU_ISA=AVX2"] + plain
+    table = compare.markdown(list(rows.values()), compare.machine_info(), ["compare.py"], "now", ("0", "0"), args)
+    assert "mindspore 1.20x mindcv-avx2 in training, 1.20x in inference" in table
+
+
 def test_compare_varies_which_engine_runs_first_and_which_runs_before_which():
     engines = ["jax", "mindspore", "timm", "mindcv"]
     orders = [compare.engine_order(engines, r) for r in range(4)]
