@@ -104,7 +104,10 @@ def test_mobilenet_v2_and_v4_weights_evaluate_identically_in_both_engines(tmp_pa
     net = mobilenets_ms.load_model(config, path)
     expected = jax_logits(module, variables)
     assert np.abs(expected).max() > 1e-2
-    np.testing.assert_allclose(ms_logits(net), expected, rtol=0, atol=ATOL)
+    # float32 rounding grows with the logits' scale: MobileNetV4 hybrid_medium's reach 5 and differ
+    # by 1.3e-4 between the engines on the AVX-512 Intel CPU (with or without oneDNN's AVX2 limit)
+    atol = ATOL * max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(ms_logits(net), expected, rtol=0, atol=atol)
     back = str(tmp_path / "from_ms.safetensors")
     mobilenets_ms.save_canonical(net, weights.ModelInfo.from_config(config.model), back)
     module, variables = mobilenets_jax.load_model(config, back)
